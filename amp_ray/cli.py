@@ -1,0 +1,126 @@
+"""The `amp-ray` command: validate a job spec, run it, describe the run formats.
+
+    amp-ray validate SPEC [dotted.key=value ...]
+    amp-ray run SPEC [--stage NAME] [--force] [dotted.key=value ...]
+    amp-ray schemas
+
+Problems a user can fix end with one message and a non-zero exit (2 for a bad spec, 1 for the
+rest), no traceback unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+
+from amp_ray import __version__
+from amp_ray.errors import AmpRayError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="amp-ray",
+        description="Multi-level preference alignment of vision-language models on Ray.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"amp-ray {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate", parents=[common], help="check a job spec; start nothing"
+    )
+    validate.add_argument("spec", help="job spec (YAML)")
+    validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    validate.set_defaults(func=cmd_validate)
+
+    run = commands.add_parser("run", parents=[common], help="run a job spec's stages")
+    run.add_argument("spec", help="job spec (YAML)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    run.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this stage (repeatable)",
+    )
+    run.add_argument("--force", action="store_true", help="redo stages that are complete")
+    run.add_argument(
+        "--verbose", action="store_true", help="show Ray's logs and per-operator progress"
+    )
+    run.set_defaults(func=cmd_run)
+
+    schemas = commands.add_parser(
+        "schemas", parents=[common], help="print the run's dataset schemas"
+    )
+    schemas.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from amp_ray.pipeline import select_stages
+    from amp_ray.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    stages = select_stages(spec)
+    print(
+        f"ok: {args.spec}: job {spec.name!r}, stages {', '.join(stages)}, "
+        f"run_dir {spec.storage.run_dir}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from amp_ray.pipeline import run_job
+    from amp_ray.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    run_job(spec, only=args.stage, force=args.force, verbose=args.verbose)
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from amp_ray.storage.schemas import schemas_markdown
+
+    print(schemas_markdown())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("amp-ray: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if args.debug or user_error is None:
+            traceback.print_exc()
+        if user_error is None:
+            print(f"amp-ray: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        print(f"amp-ray: error: {user_error}", file=sys.stderr)
+        return user_error.exit_code
+
+
+def find_user_error(exc: BaseException) -> AmpRayError | None:
+    """The AmpRayError behind `exc`, also when it crossed a Ray task or actor boundary."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, AmpRayError) and hasattr(current, "message"):
+            return current
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data handling: item checks and imports into the run format."""

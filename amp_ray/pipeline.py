@@ -1,0 +1,115 @@
+"""The driver: runs a spec's stages in order, skipping those already complete.
+
+One process owns the pipeline; stages fan work out to Ray (Ray Data actor pools, Ray Train
+workers) and come back with committed datasets. A stage is re-run when forced, when the datasets
+it read have changed, or never silently when its spec values changed (that is an error naming
+the changed keys, so an existing run directory is not mixed with a different configuration).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from amp_ray.errors import SpecError
+from amp_ray.runtime import RaySession
+from amp_ray.spec import PIPELINE, JobSpec
+from amp_ray.stages import STAGES
+from amp_ray.stages.base import Stage, StageReport
+from amp_ray.storage import RunDir, StageRecord
+
+
+def select_stages(spec: JobSpec, only: Sequence[str] = ()) -> list[str]:
+    """The stages to run: `only` (in pipeline order) or the spec's list; all must be available."""
+    for name in only:
+        if name not in PIPELINE:
+            raise SpecError(f"unknown stage {name!r}; the pipeline is: {', '.join(PIPELINE)}")
+    names = sorted(set(only), key=PIPELINE.index) if only else list(spec.stages)
+    for name in names:
+        if name not in STAGES:
+            raise SpecError(
+                f"stage {name!r} is not available in this version of amp-ray",
+                hint=f"available stages: {', '.join(STAGES)}",
+            )
+    return names
+
+
+def run_job(
+    spec: JobSpec,
+    only: Sequence[str] = (),
+    force: bool = False,
+    verbose: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[StageReport]:
+    """Run the selected stages of `spec`; return one report per stage."""
+    names = select_stages(spec, only)
+    run = RunDir.open(spec.storage.run_dir, spec.storage)
+    stages = [STAGES[name](spec, run) for name in names]
+    for stage in stages:
+        stage.preflight()
+    _check_inputs_available(stages, run)
+    echo(f"amp-ray: run {spec.name} in {run.uri}: stages {', '.join(names)}")
+    reports = []
+    with RaySession(spec.resources, verbose=verbose) as ray_session:
+        for stage in stages:
+            report = _run_stage(stage, run, ray_session, force)
+            echo(report.line())
+            if report.status != "skipped":
+                for line in stage.summary():
+                    echo(f"    {line}")
+            reports.append(report)
+    return reports
+
+
+def _check_inputs_available(stages: list[Stage], run: RunDir) -> None:
+    produced = {(stage.name, out) for stage in stages for out in stage.outputs}
+    for stage in stages:
+        for source, dataset in stage.inputs:
+            if (source, dataset) not in produced and not run.dataset(source, dataset).exists:
+                raise SpecError(
+                    f"stage {stage.name!r} reads {source}/{dataset}, which is neither in "
+                    f"{run.uri} nor made by this run",
+                    hint=f"run stage {source!r} first (add it to stages or use --stage {source})",
+                )
+
+
+def _run_stage(stage: Stage, run: RunDir, ray_session: RaySession, force: bool) -> StageReport:
+    config = stage.config()
+    inputs = {
+        f"{source}/{name}": run.dataset(source, name).manifest.attempt
+        for source, name in stage.inputs
+    }
+    previous = run.record(stage.name)
+    if previous is not None and not force:
+        if previous.config != config:
+            changed = ", ".join(_changed_keys(previous.config, config))
+            raise SpecError(
+                f"stage {stage.name!r} is complete in {run.uri} with other settings "
+                f"(changed: {changed})",
+                hint="use another storage.run_dir, or --force to redo it (and what follows)",
+            )
+        if previous.inputs == inputs:
+            return StageReport(stage.name, "skipped", 0, previous.report["rows_out"], 0, 0.0)
+    ray_session.ensure()
+    started = time.perf_counter()
+    counts = stage.run()
+    seconds = time.perf_counter() - started
+    status = "done" if previous is None else "redone"
+    report = StageReport(
+        stage.name, status, counts.rows_in, counts.rows_out, counts.rows_quarantined, seconds
+    )
+    outputs = {name: run.dataset(stage.name, name).manifest.attempt for name in stage.outputs}
+    run.commit_record(StageRecord(stage.name, config, inputs, outputs, report.__dict__))
+    return report
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{path}.")
+        elif a != b:
+            changed.append(f"{path}: {a!r} -> {b!r}")
+    return changed

@@ -1,0 +1,151 @@
+"""Starting or joining Ray, quietly.
+
+With RAY_ADDRESS set (as it is under `ray job submit`) amp-ray joins that cluster; otherwise it
+starts a local Ray sized from the spec's `resources` block, or from the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from amp_ray.spec.blocks import ActorPoolSpec, ResourcesSpec
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+class RaySession:
+    """Starts Ray on first use (`ensure`) and shuts down on exit only what it started itself."""
+
+    def __init__(self, resources: ResourcesSpec, verbose: bool = False) -> None:
+        self.resources = resources
+        self.verbose = verbose
+        self.started_here = False
+
+    def ensure(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if not self.verbose:
+            quiet_ray_logs()
+        common = {
+            "log_to_driver": self.verbose,
+            "logging_level": logging.INFO if self.verbose else logging.ERROR,
+            "configure_logging": True,
+        }
+        address = os.environ.get("RAY_ADDRESS")
+        local = {
+            "num_cpus": self.resources.num_cpus or os.cpu_count() or 1,
+            "num_gpus": self.resources.num_gpus,
+            "object_store_memory": _bytes(self.resources.object_store_memory_gb),
+            "include_dashboard": False,
+        }
+        with contextlib.nullcontext() if self.verbose else _stderr_to_file():
+            ray.init(address=address, **common) if address else ray.init(**local, **common)
+        self.started_here = not address
+        configure_ray_data(self.verbose)
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.started_here:
+            import ray
+
+            ray.shutdown()
+            self.started_here = False
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's own processes and deprecation chatter off the terminal (logs stay in /tmp/ray).
+
+    The core worker of this process logs to stderr; at level fatal it no longer prints an error
+    line for every Ray Data actor pool (their constructor arguments live in the object store).
+    """
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def configure_ray_data(verbose: bool) -> None:
+    """One progress display per stage: Ray Data's global bar in a terminal, not one per operator.
+
+    Outside a terminal (CI, `ray job logs`) Ray Data would log progress lines instead; those are
+    muted with its logger, and the stage's summary line is the record.
+    """
+    from ray.data import DataContext
+
+    if not verbose:  # Ray Data's own INFO/WARNING lines; its progress bar is not a log line
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    context = DataContext.get_current()
+    context.enable_operator_progress_bars = verbose
+    context.enable_progress_bars = True
+    context.enable_rich_progress_bars = True
+    context.use_ray_tqdm = False
+    context.print_on_execution_start = verbose
+
+
+@contextlib.contextmanager
+def _stderr_to_file() -> Iterator[None]:
+    """Send this process's C-level stderr to a log file while Ray's core worker starts.
+
+    The core worker announces its log level on stderr as it starts; Python exceptions from
+    `ray.init` are unaffected. The text is kept in the temp folder for a look when debugging.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    path = os.path.join(tempfile.gettempdir(), f"amp-ray-ray-init-{os.getpid()}.log")
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _bytes(gigabytes: float | None) -> int | None:
+    return None if gigabytes is None else int(gigabytes * 1024**3)
+
+
+def torch_threads_for(num_cpus: float) -> int:
+    """Threads a worker may use: the CPUs it owns (oversubscribed, 2 cores ran ~10x slower)."""
+    return max(1, int(num_cpus))
+
+
+def map_with_actor_pool(
+    dataset: ray.data.Dataset,
+    fn_class: type,
+    pool: ActorPoolSpec,
+    constructor_args: tuple = (),
+    batch_format: str = "pyarrow",
+) -> ray.data.Dataset:
+    """`dataset.map_batches` over a pool of stateful actors sized by an `ActorPoolSpec`."""
+    import ray.data
+
+    return dataset.map_batches(
+        fn_class,
+        fn_constructor_args=constructor_args,
+        compute=ray.data.ActorPoolStrategy(size=pool.num_actors),
+        num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+        batch_size=pool.batch_size,
+        batch_format=batch_format,
+    )

@@ -1,0 +1,188 @@
+"""Spec blocks of the alignment stages: generation, ranking, reference, training, sweep, evaluation.
+
+Defaults follow the papers (AMP arXiv 2405.11165, BDHS arXiv 2407.02477); docs/methods.md.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from amp_ray.spec.blocks import (
+    ActorPoolSpec,
+    Block,
+    DeepSpeedSpec,
+    LoraSpec,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OptimizerSpec,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    ScalingSpec,
+    ScheduleSpec,
+)
+
+NumLevels = Annotated[int, Field(ge=2, le=8)]
+
+
+class SamplingSpec(Block):
+    """Decoding parameters (AMP's generation: beams 4, temperature 0.7, repetition penalty 1.1)."""
+
+    max_new_tokens: PositiveInt = 512
+    do_sample: bool = True
+    temperature: PositiveFloat = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    num_beams: PositiveInt = 4
+    repetition_penalty: PositiveFloat = 1.1
+    no_repeat_ngram_size: NonNegativeInt = 0
+    num_samples: PositiveInt = Field(1, description="candidates drawn per model and item")
+
+
+class MegSpec(Block):
+    """Multi-size expert generation: one family, several sizes; initial rank larger > smaller."""
+
+    experts: list[str] = Field([], description="model names, largest first")
+
+
+class IgSpec(Block):
+    """Incremental generation: one base tuned on nested subsets; most data first, untuned last."""
+
+    checkpoints: list[str] = Field([], description="model names, most data first")
+
+
+class BdhsSpec(Block):
+    """Bias-driven hallucination sampling (2407.02477 §3.4): rejected answers from hidden images."""
+
+    model: str | None = Field(None, description="policy that completes; default training.policy")
+    rho_th: list[Probability] = Field(
+        [0.99], description="hiding thresholds; several give graded levels (multi-level BDHS)"
+    )
+    similarity_threshold: Probability = 0.97
+    max_tries: PositiveInt = 5
+    flip_yes_no: Probability = 0.5
+    encoder: str = "all-MiniLM-L6-v2"
+
+
+GeneratorName = Literal["meg", "ig", "bdhs"]
+
+
+class GenerationSpec(Block):
+    methods: list[GeneratorName] = []
+    meg: MegSpec = MegSpec()
+    ig: IgSpec = IgSpec()
+    bdhs: BdhsSpec = BdhsSpec()
+    sampling: SamplingSpec = SamplingSpec()
+    actors: ActorPoolSpec = ActorPoolSpec()
+
+
+class RankingSpec(Block):
+    """Auto-check re-ranking of the candidates against the reference (AMP §3.1, App. A)."""
+
+    checker: Literal["embedding", "ground_truth"] = "embedding"
+    num_levels: NumLevels = 4
+    tau: Probability = 0.85
+    encoder: str = "all-MiniLM-L6-v2"
+    actors: ActorPoolSpec = ActorPoolSpec()
+
+
+class ReferenceSpec(Block):
+    """Reference log-probs, scored once before training so training never runs the reference."""
+
+    model: str | None = Field(None, description="default: the training policy's starting model")
+    actors: ActorPoolSpec = ActorPoolSpec()
+
+
+class PenaltySpec(Block):
+    """MDPO's penalty −λ·r(y_0) on pairs whose chosen side is the best response."""
+
+    weight: NonNegativeFloat = 1.0
+    length_normalise: bool = False
+    spread_over_pairs: bool = Field(
+        False, description="weight/(K-1) per pair: equal total penalty for every K"
+    )
+
+
+LossName = Literal["mdpo", "mdpo_naive", "dpo", "ipo", "slic", "mixed_dpo", "avg_dpo", "sft"]
+
+
+class TrainingSpec(Block):
+    """Preference training on Ray Train + DeepSpeed (AMP §3.2–3.3 and its public code)."""
+
+    policy: str | None = Field(None, description="model name to start from")
+    loss: LossName = "mdpo"
+    beta: PositiveFloat = 0.1
+    num_levels: NumLevels = 4
+    penalty: PenaltySpec = PenaltySpec()
+    round_weight_step: NonNegativeFloat = Field(
+        0.0, description="dialogue round t's tokens weigh 1 + step·t (AMP's code: 0.05)"
+    )
+    max_steps: PositiveInt = 3_000
+    micro_batch_size: PositiveInt = 4
+    gradient_accumulation_steps: PositiveInt = 4
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    max_grad_norm: PositiveFloat = 0.3
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    freeze_vision: bool = True
+    lora: LoraSpec | None = None
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    checkpoint_every: PositiveInt = 500
+    max_length: PositiveInt = 2048
+
+
+class SweepSpec(Block):
+    """A Ray Tune sweep: each trial overrides spec keys (dotted paths) and trains and evaluates."""
+
+    parameters: dict[str, list[Any]] = Field({}, description="dotted spec path -> values (grid)")
+    num_seeds: PositiveInt = 1
+    metric: str = "hallucination_rate"
+    mode: Literal["min", "max"] = "min"
+    max_concurrent_trials: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _non_empty_grids(self) -> SweepSpec:
+        for path, values in self.parameters.items():
+            if not values:
+                raise ValueError(f"sweep.parameters[{path!r}] has no values")
+        return self
+
+
+Benchmark = Literal["chair", "pope", "mrhal", "mmhal"]
+
+
+class JudgeSpec(Block):
+    """Who rates open answers: the world's ground truth, or an LLM over an OpenAI-compatible API."""
+
+    kind: Literal["ground_truth", "openai"] = "ground_truth"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with the key")
+    max_retries: NonNegativeInt = 3
+    requests_per_minute: PositiveInt = 60
+    timeout_s: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _endpoint_for_llm(self) -> JudgeSpec:
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("an openai judge needs base_url and model")
+        return self
+
+
+class EvaluationSpec(Block):
+    """Hallucination benchmarks (MRHal-Bench protocol by default: greedy, beams 4, no-repeat 5)."""
+
+    benchmarks: list[Benchmark] = ["chair", "pope", "mrhal"]
+    models: list[str] = Field([], description="model names; default: every model the run made")
+    decoding: SamplingSpec = SamplingSpec(
+        do_sample=False,
+        temperature=1.0,
+        num_beams=4,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=5,
+    )
+    judge: JudgeSpec = JudgeSpec()
+    actors: ActorPoolSpec = ActorPoolSpec()

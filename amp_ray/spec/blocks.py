@@ -1,0 +1,251 @@
+"""The blocks of a job spec, one typed model per stage concern.
+
+Defaults are the papers' (docs/methods.md cites them); the shipped specs under jobs/ set the
+values for the synthetic world. Every block rejects unknown keys, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class Block(BaseModel):
+    """Base of every spec block: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --- where things live and run ---------------------------------------------------------------
+
+
+class StorageSpec(Block):
+    """The run directory: every stage's Parquet datasets and checkpoints live under it."""
+
+    run_dir: str = Field(description="local path or s3://bucket/prefix")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto); default: AWS or $AWS_ENDPOINT_URL"
+    )
+    region: str | None = None
+    profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
+    anonymous: bool = Field(False, description="unsigned S3 access (public buckets)")
+
+
+class ResourcesSpec(Block):
+    """Size of the local Ray started when no cluster is given (ignored when joining a cluster)."""
+
+    num_cpus: PositiveInt | None = Field(None, description="logical CPUs; default: the machine's")
+    num_gpus: NonNegativeInt | None = Field(None, description="default: the machine's")
+    object_store_memory_gb: PositiveFloat | None = None
+
+
+class ActorPoolSpec(Block):
+    """An actor pool for a Ray Data model stage (generation, scoring, evaluation).
+
+    CPUs are fractional by default: on a 2-CPU local Ray, two actors of num_cpus=1 leave no CPU for
+    the read task and the pipeline hangs without an error.
+    """
+
+    num_actors: PositiveInt = 1
+    num_cpus: PositiveFloat = 0.5
+    num_gpus: NonNegativeFloat = 0.0
+    batch_size: PositiveInt = 16
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+class BiasSpec(Block):
+    """The planted language prior: `trigger` appears with `partner` far more often than chance."""
+
+    trigger: str = "circle"
+    partner: str = "square"
+    strength: Probability = Field(0.9, description="P(partner | trigger) in the biased splits")
+
+
+class WorldSplitsSpec(Block):
+    """Number of images per split of the synthetic world."""
+
+    sft: NonNegativeInt = 20_000
+    preference: NonNegativeInt = 2_000
+    eval_iid: NonNegativeInt = 500
+    eval_bias_probe: NonNegativeInt = 500
+    eval_control: NonNegativeInt = 500
+
+
+Shape = Literal["circle", "square", "triangle", "cross", "ring", "diamond"]
+Colour = Literal["red", "green", "blue", "yellow", "white", "orange", "purple", "cyan"]
+WorldTask = Literal["caption", "existence", "attribute", "counting", "spatial", "dialogue"]
+
+
+class WorldSpec(Block):
+    """The embedded synthetic image world with exact ground truth (docs/world.md)."""
+
+    seed: int = 0
+    image_size: Annotated[int, Field(ge=16, le=512)] = 32
+    kinds: list[Shape] = ["circle", "square", "triangle", "cross", "ring", "diamond"]
+    colours: list[Colour] = ["red", "green", "blue", "yellow"]
+    max_objects: Annotated[int, Field(ge=1, le=3)] = 3
+    bias: BiasSpec = BiasSpec()
+    splits: WorldSplitsSpec = WorldSplitsSpec()
+    sft_tasks: dict[WorldTask, NonNegativeFloat] = Field(
+        {
+            "caption": 0.55,
+            "existence": 0.15,
+            "attribute": 0.1,
+            "counting": 0.05,
+            "spatial": 0.05,
+            "dialogue": 0.1,
+        },
+        description="task mix of the sft split (weights); eval splits get every task",
+    )
+    preference_tasks: dict[WorldTask, NonNegativeFloat] = {"caption": 1.0}
+    dialogue_rounds: tuple[PositiveInt, PositiveInt] = (2, 5)
+
+    @model_validator(mode="after")
+    def _check_vocabulary(self) -> WorldSpec:
+        if len(set(self.kinds)) != len(self.kinds) or len(set(self.colours)) != len(self.colours):
+            raise ValueError("kinds and colours must not repeat")
+        if len(self.kinds) < self.max_objects + 1:
+            raise ValueError(f"need at least max_objects + 1 = {self.max_objects + 1} kinds")
+        for role, kind in (("trigger", self.bias.trigger), ("partner", self.bias.partner)):
+            if kind not in self.kinds:
+                raise ValueError(f"bias.{role} {kind!r} is not one of kinds {self.kinds}")
+        if self.bias.trigger == self.bias.partner:
+            raise ValueError("bias.trigger and bias.partner must differ")
+        for name, mix in (
+            ("sft_tasks", self.sft_tasks),
+            ("preference_tasks", self.preference_tasks),
+        ):
+            if sum(mix.values()) <= 0:
+                raise ValueError(f"{name} needs a positive weight")
+        low, high = self.dialogue_rounds
+        if low > high:
+            raise ValueError(f"dialogue_rounds ({low}, {high}) is not an ordered range")
+        return self
+
+
+DataSource = Literal["world", "parquet"]
+
+
+class DataSpec(Block):
+    """Where the items (images, prompts or dialogues, references) of the run come from."""
+
+    source: DataSource = Field(
+        "world", description="world: the embedded synthetic world; parquet: items in run format"
+    )
+    path: str | None = Field(None, description="file or directory (local or s3://) to import")
+    world: WorldSpec = WorldSpec()
+    actors: ActorPoolSpec = ActorPoolSpec(num_actors=2, batch_size=256)
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> DataSpec:
+        if self.source != "world" and not self.path:
+            raise ValueError(f"`path` is required when `source` is {self.source!r}")
+        if self.source == "world" and self.path:
+            raise ValueError("`path` is only read for imports; remove it or change `source`")
+        return self
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+class TinyLlavaSpec(Block):
+    """A LLaVA architecture (CLIP vision + Llama text) built from config, trained from scratch."""
+
+    patch_size: PositiveInt = 8
+    vision_hidden: PositiveInt = 64
+    vision_layers: PositiveInt = 2
+    text_hidden: PositiveInt = 128
+    text_layers: PositiveInt = 2
+    heads: PositiveInt = 4
+    mlp: PositiveInt = 256
+
+
+class LoraSpec(Block):
+    """LoRA adapters (peft). The AMP paper: r=64, alpha 16 on all attention and MLP projections."""
+
+    r: PositiveInt = 64
+    alpha: PositiveFloat = 16
+    dropout: Probability = 0.05
+    target_modules: list[str] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ModelSpec(Block):
+    """A model by Hugging Face hub id, local directory or s3:// URI, or a tiny one built here."""
+
+    path: str | None = None
+    tiny: TinyLlavaSpec | None = None
+    dtype: Dtype = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.tiny is None):
+            raise ValueError("give exactly one of `path` (hub id, directory, s3://) or `tiny`")
+        return self
+
+
+class SftRunSpec(Block):
+    """One supervised fine-tuning run of the SFT stage: an expert or an incremental checkpoint."""
+
+    init: str = Field(description="name of a model in `models` to start from")
+    data_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    steps: NonNegativeInt = 1_500
+
+
+class OptimizerSpec(Block):
+    name: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 5e-5
+    weight_decay: NonNegativeFloat = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+
+
+class ScheduleSpec(Block):
+    name: Literal["constant", "cosine", "linear"] = "cosine"
+    warmup_steps: NonNegativeInt = 20
+
+
+class DeepSpeedSpec(Block):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+
+
+class ScalingSpec(Block):
+    """Ray Train workers: one process each, with these resources."""
+
+    num_workers: PositiveInt = 1
+    gpus_per_worker: NonNegativeFloat = 0.0
+    cpus_per_worker: PositiveFloat = 1.0
+
+
+class SftSpec(Block):
+    """Supervised training of the starting models on the run's items."""
+
+    runs: dict[str, SftRunSpec] = {}
+    micro_batch_size: PositiveInt = 64
+    gradient_accumulation_steps: PositiveInt = 1
+    optimizer: OptimizerSpec = OptimizerSpec(lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule: ScheduleSpec = ScheduleSpec(name="cosine", warmup_steps=100)
+    max_grad_norm: PositiveFloat = 1.0
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    checkpoint_every: PositiveInt = 500

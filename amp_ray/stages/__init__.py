@@ -1,0 +1,8 @@
+"""The stages amp-ray can run, by pipeline name (see amp_ray.spec.PIPELINE for the order)."""
+
+from amp_ray.stages.base import Stage
+from amp_ray.stages.data import DataStage
+
+STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in (DataStage,)}
+
+__all__ = ["STAGES", "Stage"]

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates (or reuses) a virtual environment and installs amp-ray into it with its dev extras.
+#
+#   scripts/install.sh [VENV]        VENV defaults to .venv
+#
+# torch goes in first and alone, then is held by a constraint while everything else installs:
+# a plain `torch` requirement on a machine without torch pulls a multi-GB CUDA build. A venv
+# that already has torch (say a CUDA build on a GPU node: VENV=/path/to/that/env) keeps it.
+#   TORCH_SPEC       what to install when the venv has no torch (default torch==2.13.0)
+#   TORCH_INDEX_URL  an index to take it from, e.g. https://download.pytorch.org/whl/cpu
+#   PYTHON           the interpreter that creates the venv (default python3)
+set -euo pipefail
+venv=${1:-.venv}
+python=${PYTHON:-python3}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "amp-ray install: creating $venv with $($python --version)"
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip install --quiet --disable-pip-version-check)
+
+if ! torch_version=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+  spec=${TORCH_SPEC:-torch==2.13.0}
+  echo "amp-ray install: installing $spec on its own first"
+  "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$spec"
+  torch_version=$("$py" -c 'import torch; print(torch.__version__)')
+fi
+echo "amp-ray install: holding torch==$torch_version"
+echo "torch==$torch_version" > "$venv/torch-constraint.txt"
+
+echo "amp-ray install: installing amp-ray[dev] (pinned by constraints.txt)"
+"${pip[@]}" -c "$here/constraints.txt" -c "$venv/torch-constraint.txt" -e "$here[dev]"
+"$py" -m pip check
+touch "$venv/.amp-ray-installed"
