@@ -52,13 +52,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6000)
     args = parser.parse_args()
     loop = loop_rate(args.images)
-    print(f"plain loop, 1 process        {loop:8.0f} images/s")
+    print(f"plain loop, 1 process   {loop:8.0f} images/s")
     with RaySession(ResourcesSpec()) as session, tempfile.TemporaryDirectory() as tmp:
         session.ensure()
         stage_rate(200, 1, f"{tmp}/warmup")  # first use imports in the workers
         for actors in (1, 2):
             rate = stage_rate(args.images, actors, f"{tmp}/a{actors}")
-            print(f"data stage, {actors} actor(s)       {rate:8.0f} images/s  ({rate / loop:.2f}x the loop)")
+            ratio = rate / loop
+            print(f"data stage, {actors} actor(s)  {rate:8.0f} images/s  ({ratio:.2f}x the loop)")
 
 
 if __name__ == "__main__":
