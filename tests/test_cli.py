@@ -12,6 +12,7 @@ import yaml
 from conftest import tiny_world_spec
 
 from amp_ray.cli import main
+from amp_ray.storage.schemas import SCHEMAS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,12 +110,5 @@ def test_an_unavailable_stage_is_named(tmp_path: Path, capsys: pytest.CaptureFix
 def test_schemas_prints_every_dataset_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schemas"]) == 0
     out = capsys.readouterr().out
-    for name in (
-        "items",
-        "candidates",
-        "preferences",
-        "reference_logprobs",
-        "metrics",
-        "quarantine",
-    ):
+    for name in SCHEMAS:
         assert f"### `{name}`" in out
