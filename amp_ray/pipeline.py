@@ -44,7 +44,7 @@ def run_job(
     """Run the selected stages of `spec`; return one report per stage."""
     names = select_stages(spec, only)
     run = RunDir.open(spec.storage.run_dir, spec.storage)
-    stages = [STAGES[name](spec, run) for name in names]
+    stages = [STAGES[name](spec, run, force) for name in names]
     for stage in stages:
         stage.preflight()
     _check_inputs_available(stages, run)

@@ -14,7 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amp_ray.spec.blocks import ActorPoolSpec, ResourcesSpec
 
@@ -37,6 +37,11 @@ class RaySession:
             return
         if not self.verbose:
             quiet_ray_logs()
+        # Ray Data's Parquet reader starts 32 footer-reading actors (processes) per read by
+        # default: sized for buckets of thousands of files, it costs seconds of CPU per read on
+        # a small machine and our run datasets have a few files. Users may still set it.
+        cpus = self.resources.num_cpus or os.cpu_count() or 1
+        os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", str(min(32, max(2, cpus))))
         common = {
             "log_to_driver": self.verbose,
             "logging_level": logging.INFO if self.verbose else logging.ERROR,
@@ -128,6 +133,31 @@ def _bytes(gigabytes: float | None) -> int | None:
 def torch_threads_for(num_cpus: float) -> int:
     """Threads a worker may use: the CPUs it owns (oversubscribed, 2 cores ran ~10x slower)."""
     return max(1, int(num_cpus))
+
+
+# CPUs a light Ray Data task (reading Parquet, filtering rows) asks for. Fractional, so that it
+# still fits beside actor pools that hold whole CPUs: on a 2-CPU Ray, two 1-CPU actors and a
+# 1-CPU read task wait on each other forever, without an error.
+LIGHT_TASK_CPUS = 0.25
+
+
+def light_map(dataset: ray.data.Dataset, fn: Any) -> ray.data.Dataset:
+    """`dataset.map_batches(fn)` on pyarrow batches, as a light task (see LIGHT_TASK_CPUS)."""
+    return dataset.map_batches(fn, batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
+
+
+def concurrent_pools(pool: ActorPoolSpec) -> int:
+    """How many actor pools of this shape can run at once and still leave one whole CPU for the
+    tasks that feed them: an actor holds its CPUs from start to end, busy or not, and some of Ray
+    Data's own tasks (listing Parquet files) ask for a whole CPU."""
+    import ray
+
+    free = ray.cluster_resources().get("CPU", 0.0) - 1.0
+    return max(1, int(free // (pool.num_cpus * pool.num_actors)))
+
+
+def batched(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def map_with_actor_pool(

@@ -105,3 +105,26 @@ def tiny_world_spec(run_dir: str, **overrides: object) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+@pytest.fixture(scope="session")
+def world_items() -> list[dict]:
+    """Items of a small world: 60 training images and 4 eval images."""
+    from amp_ray.spec.blocks import WorldSpec
+    from amp_ray.world import World
+
+    splits = {"sft": 60, "preference": 0, "eval_iid": 4, "eval_bias_probe": 0, "eval_control": 0}
+    world = World(WorldSpec(splits=splits))
+    return [item for index in range(world.num_images) for item in world.items(index)]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory, world_items: list[dict]) -> str:
+    """A tiny LLaVA (untrained) with its processor, saved in HF format."""
+    from amp_ray.models.tiny import create_tiny_model
+    from amp_ray.spec.blocks import TinyLlavaSpec
+
+    directory = tmp_path_factory.mktemp("tiny")
+    texts = [t[k] for item in world_items for t in item["rounds"] for k in ("question", "answer")]
+    create_tiny_model(directory, TinyLlavaSpec(), texts, image_size=32, seed=0)
+    return str(directory)

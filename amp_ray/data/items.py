@@ -90,3 +90,31 @@ def image_root_for(data_location: Location) -> Location:
     if data_location.fs.isdir(data_location.path):
         return data_location
     return Location(data_location.fs, posixpath.dirname(data_location.path))
+
+
+def rows_where(
+    batch: pa.Table, column: str, values: tuple[str, ...], prefix: bool = False
+) -> pa.Table:
+    """The rows whose `column` is one of `values` (or starts with one, with `prefix`)."""
+    import pyarrow.compute as pc
+
+    data = batch.column(column)
+    if prefix:
+        masks = [pc.starts_with(data, value) for value in values]
+    else:
+        masks = [pc.equal(data, value) for value in values]
+    mask = masks[0]
+    for other in masks[1:]:
+        mask = pc.or_(mask, other)
+    return batch.filter(pc.fill_null(mask, False))
+
+
+def in_fraction(item_id: str, fraction: float) -> bool:
+    """Whether an item belongs to the first `fraction` of the data, by a stable hash of its id.
+
+    Subsets are nested: an item in the 25% subset is in the 50% one.
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(item_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction

@@ -160,6 +160,7 @@ class DataSpec(Block):
 class TinyLlavaSpec(Block):
     """A LLaVA architecture (CLIP vision + Llama text) built from config, trained from scratch."""
 
+    image_size: PositiveInt | None = Field(None, description="default: the world's image size")
     patch_size: PositiveInt = 8
     vision_hidden: PositiveInt = 64
     vision_layers: PositiveInt = 2
@@ -237,8 +238,18 @@ class ScalingSpec(Block):
     cpus_per_worker: PositiveFloat = 1.0
 
 
+class SftEvalSpec(Block):
+    """The world check after SFT: greedy answers to the eval splits' captions and POPE questions."""
+
+    max_new_tokens: PositiveInt = 24
+    items_per_split: PositiveInt = Field(
+        300, description="captions, and POPE questions, answered per eval split"
+    )
+    actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=0.5, batch_size=512)
+
+
 class SftSpec(Block):
-    """Supervised training of the starting models on the run's items."""
+    """Supervised training of the starting models on the run's items (the `sft` split)."""
 
     runs: dict[str, SftRunSpec] = {}
     micro_batch_size: PositiveInt = 64
@@ -249,3 +260,11 @@ class SftSpec(Block):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
     scaling: ScalingSpec = ScalingSpec()
     checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 50
+    max_length: PositiveInt = 2048
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_concurrent_runs: PositiveInt = Field(
+        2, description="runs trained side by side (each with its own Ray Train workers)"
+    )
+    encode_actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=1.0, batch_size=128)
+    eval: SftEvalSpec = SftEvalSpec()

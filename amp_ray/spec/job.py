@@ -71,11 +71,18 @@ class JobSpec(Block):
                     f"{where} refers to model {name!r}, which is neither in models nor in "
                     f"sft.runs (known: {sorted(known) or 'none'})"
                 )
-        for run_name, run in self.sft.runs.items():
-            if run.init not in self.models:
-                raise ValueError(
-                    f"sft.runs.{run_name}.init must name an entry of models, got {run.init!r}"
-                )
+        for run_name in self.sft.runs:
+            seen = [run_name]
+            while seen[-1] in self.sft.runs:
+                init = self.sft.runs[seen[-1]].init
+                if init not in known:
+                    raise ValueError(
+                        f"sft.runs.{seen[-1]}.init must name a model or another SFT run, "
+                        f"got {init!r}"
+                    )
+                if init in seen:
+                    raise ValueError(f"sft.runs start from each other in a cycle: {[*seen, init]}")
+                seen.append(init)
         return self
 
     @model_validator(mode="after")

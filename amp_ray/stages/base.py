@@ -49,9 +49,10 @@ class Stage(ABC):
     inputs: ClassVar[tuple[tuple[str, str], ...]] = ()  # (stage, dataset) pairs it reads
     outputs: ClassVar[tuple[str, ...]] = ()  # datasets it commits under <run_dir>/<name>/
 
-    def __init__(self, spec: JobSpec, run: RunDir) -> None:
+    def __init__(self, spec: JobSpec, run: RunDir, force: bool = False) -> None:
         self.spec = spec
         self.run_dir = run
+        self.force = force  # redo from scratch: do not resume from earlier checkpoints
 
     @abstractmethod
     def config(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from amp_ray.data.items import ItemChecker, image_root_for
 from amp_ray.errors import DataError, StorageError
-from amp_ray.runtime import map_with_actor_pool
+from amp_ray.runtime import LIGHT_TASK_CPUS, map_with_actor_pool
 from amp_ray.spec.blocks import WorldSpec
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.location import Location, guard, open_location
@@ -65,7 +65,9 @@ class DataStage(Stage):
             )
         else:
             location, files = self._import_files()
-            source = ray.data.read_parquet(files, filesystem=location.arrow_fs)
+            source = ray.data.read_parquet(
+                files, filesystem=location.arrow_fs, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS}
+            )
             rows_in = sum(pq.read_metadata(f, filesystem=location.fs).num_rows for f in files)
             rows = map_with_actor_pool(source, ItemChecker, pool, (image_root_for(location),))
         items = self.run_dir.writer(self.name, "items", "items")

@@ -128,6 +128,9 @@ class Dataset:
         paths = self.file_paths()
         if not paths:
             return ray.data.from_arrow(self.manifest.arrow_schema.empty_table())
+        from amp_ray.runtime import LIGHT_TASK_CPUS
+
+        read_args.setdefault("ray_remote_args", {"num_cpus": LIGHT_TASK_CPUS})
         return ray.data.read_parquet(paths, filesystem=self.location.arrow_fs, **read_args)
 
 
@@ -142,7 +145,7 @@ class DatasetWriter:
         self.location = location
         self.schema = schema
         self.schema_name = schema_name
-        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        self.attempt = new_attempt_id()
         self.attempt_dir = f"{ATTEMPT_PREFIX}{self.attempt}"
         self._files: list[FileEntry] = []
         self.committed: Manifest | None = None
@@ -200,6 +203,11 @@ class DatasetWriter:
             name = posixpath.basename(entry.rstrip("/"))
             if name.startswith(ATTEMPT_PREFIX) and name != self.attempt_dir:
                 Location(self.location.fs, entry).remove()
+
+
+def new_attempt_id() -> str:
+    """A fresh attempt id: sortable by time, unique across processes."""
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
 def write_part(dataset: Location, relative_path: str, table: pa.Table) -> FileEntry:

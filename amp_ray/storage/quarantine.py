@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from amp_ray.storage.schemas import QUARANTINE
 
 QUARANTINE_REASON = "_quarantine_reason"
+ROW_JSON = "_row_json"  # optional: the original row, where the batch no longer holds it
 
 
 def row_to_json(row: dict[str, Any]) -> str:
@@ -53,14 +54,16 @@ def quarantine_rows(stage: str, rows: list[dict[str, Any]], reasons: list[str]) 
 
 
 def split_batch(batch: pa.Table, stage: str) -> tuple[pa.Table, pa.Table]:
-    """(good rows without the reason column, quarantine rows) of a batch with reasons."""
-    reasons = batch.column(QUARANTINE_REASON)
-    good_mask = pc.is_null(reasons)
-    rest = batch.drop_columns([QUARANTINE_REASON])
-    good = rest.filter(good_mask)
-    bad_rows = rest.filter(pc.invert(good_mask)).to_pylist()
-    bad_reasons = [r for r in reasons.filter(pc.invert(good_mask)).to_pylist()]
-    return good, quarantine_rows(stage, bad_rows, bad_reasons)
+    """(good rows without the reason columns, quarantine rows) of a batch with reasons."""
+    good_mask = pc.is_null(batch.column(QUARANTINE_REASON))
+    extra = [QUARANTINE_REASON] + ([ROW_JSON] if ROW_JSON in batch.column_names else [])
+    good = batch.filter(good_mask).drop_columns(extra)
+    bad = batch.filter(pc.invert(good_mask))
+    reasons = bad.column(QUARANTINE_REASON).to_pylist()
+    if ROW_JSON in bad.column_names:
+        table = quarantine_rows(stage, bad.select(["item_id"]).to_pylist(), reasons)
+        return good, table.set_column(3, "row_json", bad.column(ROW_JSON))
+    return good, quarantine_rows(stage, bad.drop_columns(extra).to_pylist(), reasons)
 
 
 def route_quarantine(batch: pa.Table, stage: str, good: str, bad: str) -> dict[str, pa.Table]:

@@ -69,8 +69,10 @@ def write_ray(
         name: _Target(w.location, w.schema, w.schema_name, w.attempt_dir)
         for name, w in writers.items()
     }
+    from amp_ray.runtime import LIGHT_TASK_CPUS
+
     sink = _PartsDatasink(targets, route)
-    dataset.write_datasink(sink)
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
     for name, entries in sink.files.items():
         writers[name].add_files(entries)
     return {name: sum(entry.num_rows for entry in entries) for name, entries in sink.files.items()}

@@ -80,6 +80,21 @@ REFERENCE_LOGPROBS = pa.schema(
     metadata={"doc": "reference/logprobs: reference log-probs beside rank/preferences"},
 )
 
+ANSWERS = pa.schema(
+    [
+        _col("item_id", pa.string(), "the item answered", nullable=False),
+        _col("model", pa.string(), "the model that answered", nullable=False),
+        _col("split", pa.string(), "the item's split"),
+        _col("task", pa.string(), "the item's task"),
+        _col("questions", pa.list_(pa.string()), "the question of every round"),
+        _col("references", pa.list_(pa.string()), "the reference answer of every round"),
+        _col("answers", pa.list_(pa.string()), "the model's answer of every round (own history)"),
+        _col("finished", pa.list_(pa.bool_()), "each answer ended with an end token"),
+        _col("annotations", pa.string(), "the item's ground truth (JSON), for judging"),
+    ],
+    metadata={"doc": "<stage>/answers: model answers to evaluation items"},
+)
+
 METRICS = pa.schema(
     [
         _col("model", pa.string(), "the evaluated model", nullable=False),
@@ -109,6 +124,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "candidates": CANDIDATES,
     "preferences": PREFERENCES,
     "reference_logprobs": REFERENCE_LOGPROBS,
+    "answers": ANSWERS,
     "metrics": METRICS,
     "quarantine": QUARANTINE,
 }

@@ -113,7 +113,8 @@ class World:
             if rng.random() < 0.5:
                 return [existence(scene, str(rng.choice(scene.kinds)))]
             category = str(rng.choice(POPE_CATEGORIES))
-            return [existence(scene, self.pope.negative(scene, category, self.kinds, rng))]
+            negative = self.pope.negative(scene, category, self.kinds, rng)
+            return [existence(scene, negative, category)]
         if task == "attribute":
             return [attribute(scene.objects[int(rng.integers(len(scene.objects)))])]
         if task == "counting":
@@ -127,8 +128,9 @@ class World:
         """A caption (CHAIR), a positive and a negative POPE question per category, a dialogue."""
         tasks: list[tuple[str, list[Round]]] = [("caption", [describe(scene)])]
         for category in POPE_CATEGORIES:
-            positive = existence(scene, str(rng.choice(scene.kinds)))
-            negative = existence(scene, self.pope.negative(scene, category, self.kinds, rng))
+            positive = existence(scene, str(rng.choice(scene.kinds)), category)
+            absent = self.pope.negative(scene, category, self.kinds, rng)
+            negative = existence(scene, absent, category)
             tasks.append((f"existence-{category}-yes", [positive]))
             tasks.append((f"existence-{category}-no", [negative]))
         low, high = self.spec.dialogue_rounds
@@ -143,6 +145,7 @@ class World:
                 "objects": scene.to_json(),
                 "mode": SPLIT_MODES[split],
                 "bias": {"trigger": self.spec.bias.trigger, "partner": self.spec.bias.partner},
+                "kinds": list(self.kinds),
                 "rounds": [{"type": r.kind, **r.facts} for r in rounds],
             },
             sort_keys=True,

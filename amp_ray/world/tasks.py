@@ -37,18 +37,16 @@ def describe(scene: Scene) -> Round:
     return Round(CAPTION_QUESTION, caption(scene), "description")
 
 
-def existence(scene: Scene, kind: str) -> Round:
+def existence(scene: Scene, kind: str, category: str = "positive") -> Round:
+    """Is there a `kind`? `category` records how a negative was chosen (POPE's three ways)."""
     present = next((obj for obj in scene.objects if obj.kind == kind), None)
     if present is None:
         answer = f"no , there is no {kind} ."
     else:
         answer = f"yes , there is a {present.colour} {kind} ."
-    return Round(
-        f"is there a {kind} ?",
-        answer,
-        "existence",
-        {"object": kind, "label": "yes" if present else "no"},
-    )
+    label = "yes" if present else "no"
+    facts = {"object": kind, "label": label, "category": category}
+    return Round(f"is there a {kind} ?", answer, "existence", facts)
 
 
 def attribute(obj: WorldObject) -> Round:
@@ -116,7 +114,7 @@ def random_question(scene: Scene, rng: np.random.Generator, all_kinds: tuple[str
     if kind == "existence":
         present = rng.random() < 0.5
         pool = scene.kinds if present else [k for k in all_kinds if not scene.has(k)]
-        return existence(scene, str(rng.choice(pool)))
+        return existence(scene, str(rng.choice(pool)), "positive" if present else "random")
     if kind == "attribute":
         return attribute(scene.objects[int(rng.integers(len(scene.objects)))])
     if kind == "counting":

@@ -1,0 +1,124 @@
+"""Items to model inputs, as Ray Data callables that load the processor once per actor.
+
+`ItemEncoder` turns rows into token ids, response weights and vision tensors for a training loop,
+and marks the rows a model cannot take (an image that does not decode or cannot be read, a
+sequence longer than the model allows: never truncated, since cutting image tokens breaks the
+model) so that they reach quarantine.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from amp_ray.errors import DataError
+from amp_ray.models.conversation import Encoded, encode_conversation
+from amp_ray.models.store import local_model_path
+from amp_ray.storage.location import open_location
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json
+
+
+def load_image(row: dict[str, Any], storage: Any = None) -> Image.Image:
+    """The item's image as RGB, from its bytes or its URI; DataError with the reason otherwise."""
+    try:
+        if row.get("image") is not None:
+            data = bytes(row["image"])
+        elif row.get("image_uri"):
+            data = open_location(row["image_uri"], storage).read_bytes()
+        else:
+            raise DataError("no image")
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"image cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+class ItemEncoder:
+    """Ray Data callable: item rows (ITEMS schema) in, encoded conversations out.
+
+    Output columns: item_id, input_ids, response_weights, vision (the processor's image tensors,
+    serialized with numpy, so any processor's outputs fit one schema), and for rows that cannot be
+    encoded the quarantine reason and the original row as JSON (the other columns then empty).
+    """
+
+    def __init__(
+        self,
+        processor_path: str,
+        max_length: int,
+        round_weight_step: float = 0.0,
+        storage: Any = None,
+    ) -> None:
+        from amp_ray.models.loading import load_processor
+
+        self.processor = load_processor(local_model_path(processor_path, storage))
+        self.max_length = max_length
+        self.round_weight_step = round_weight_step
+        self.storage = storage
+
+    def encode(self, row: dict[str, Any]) -> Encoded:
+        image = load_image(row, self.storage)
+        rounds = row["rounds"] or []
+        questions = [turn["question"] for turn in rounds]
+        answers = [turn["answer"] for turn in rounds]
+        encoded = encode_conversation(
+            self.processor, image, questions, answers, self.round_weight_step
+        )
+        if len(encoded) > self.max_length:
+            raise DataError(
+                f"{len(encoded)} tokens exceed the model's limit of {self.max_length} "
+                "(rows are dropped, never truncated)"
+            )
+        return encoded
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        columns: dict[str, list[Any]] = {name: [] for name in ENCODED.names}
+        for row in batch.to_pylist():
+            try:
+                encoded, reason = self.encode(row), None
+            except DataError as exc:
+                encoded, reason = Encoded([], [], {}), exc.message
+            columns["item_id"].append(row["item_id"])
+            columns["input_ids"].append(encoded.input_ids)
+            columns["response_weights"].append(encoded.response_weights)
+            columns["vision"].append(pack_vision(encoded.vision) if reason is None else None)
+            columns[QUARANTINE_REASON].append(reason)
+            columns[ROW_JSON].append(None if reason is None else row_to_json(row))
+        return pa.Table.from_pydict(columns, schema=ENCODED)
+
+
+ENCODED = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("response_weights", pa.list_(pa.float32())),
+        ("vision", pa.binary()),
+        (QUARANTINE_REASON, pa.string()),
+        (ROW_JSON, pa.string()),
+    ]
+)
+
+
+def pack_vision(vision: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: value.numpy() for key, value in vision.items()})
+    return buffer.getvalue()
+
+
+def unpack_vision(data: bytes) -> dict[str, Any]:
+    import torch
+
+    with np.load(io.BytesIO(data)) as arrays:
+        return {key: torch.from_numpy(arrays[key]) for key in arrays.files}
+
+
+def encoded_rows(batch: pa.Table) -> list[Encoded]:
+    """Encoded conversations back from `ItemEncoder` rows, for `collate`."""
+    return [
+        Encoded(row["input_ids"], row["response_weights"], unpack_vision(row["vision"]))
+        for row in batch.to_pylist()
+    ]
