@@ -1,0 +1,98 @@
+"""Batched generation with left padding, optional hidden image tokens, and multi-round answering.
+
+Multi-round answering follows the MRHal-Bench protocol: the image goes with the first question and
+the model's own earlier answers (not the references) form the history of later rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.spec.alignment import SamplingSpec
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    finished: bool  # stopped at an end token rather than at max_new_tokens
+    num_tokens: int
+
+
+def generation_kwargs(sampling: SamplingSpec, tokenizer: Any) -> dict[str, Any]:
+    """HF `generate` arguments for a SamplingSpec (temperature and top_p only when sampling)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "do_sample": sampling.do_sample,
+        "num_beams": sampling.num_beams,
+        "num_return_sequences": sampling.num_samples,
+        "repetition_penalty": sampling.repetition_penalty,
+        "no_repeat_ngram_size": sampling.no_repeat_ngram_size,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if sampling.do_sample:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    processor: Any,
+    batch: dict[str, torch.Tensor],
+    sampling: SamplingSpec,
+    attention_mask: torch.Tensor | None = None,
+) -> list[Generated]:
+    """Continue every prompt of a left-padded batch; `num_samples` results per prompt, in order.
+
+    `attention_mask` overrides the batch's mask (hidden image tokens); position ids stay the
+    batch's, so hiding a token does not move the ones after it.
+    """
+    tokenizer = processor.tokenizer
+    inputs = {k: v.to(model.device) for k, v in batch.items() if k != "response_weights"}
+    if attention_mask is not None:
+        inputs["attention_mask"] = attention_mask.to(model.device)
+    output = model.generate(**inputs, **generation_kwargs(sampling, tokenizer))
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
+    eos = model.generation_config.eos_token_id
+    end_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    results = []
+    for row in new_tokens.tolist():
+        ended_at = next((i for i, token in enumerate(row) if token in end_ids), None)
+        kept = row if ended_at is None else row[:ended_at]
+        kept = [token for token in kept if token != tokenizer.pad_token_id]
+        text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+        results.append(Generated(text, ended_at is not None, len(kept)))
+    return results
+
+
+def answer_dialogues(
+    model: Any,
+    processor: Any,
+    images: Sequence[Image.Image],
+    dialogues: Sequence[Sequence[str]],
+    sampling: SamplingSpec,
+) -> list[list[Generated]]:
+    """Answer every round of every dialogue, batched across dialogues round by round; the
+    model's own answers form the history (one sample per question)."""
+    single = sampling.model_copy(update={"num_samples": 1})
+    answers: list[list[Generated]] = [[] for _ in dialogues]
+    for t in range(max(len(questions) for questions in dialogues)):
+        active = [i for i, questions in enumerate(dialogues) if t < len(questions)]
+        encoded = [
+            encode_conversation(
+                processor, images[i], dialogues[i][: t + 1], [a.text for a in answers[i]]
+            )
+            for i in active
+        ]
+        batch = collate(encoded, processor.tokenizer.pad_token_id, padding_side="left")
+        for i, result in zip(active, generate(model, processor, batch, single), strict=True):
+            answers[i].append(result)
+    return answers

@@ -1,0 +1,56 @@
+"""Loading any image-text-to-text model and its processor: dtype, device, LoRA, checkpointing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from amp_ray.spec.blocks import LoraSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_processor(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load_model(
+    path: str,
+    dtype: str = "auto",
+    device: str | torch.device = "cpu",
+    lora: LoraSpec | None = None,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+) -> Any:
+    """An AutoModelForImageTextToText from a local path or hub id (see store.local_model_path)."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=DTYPES.get(dtype, "auto"), trust_remote_code=trust_remote_code
+    )
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+        )
+        model = get_peft_model(model, config)
+    return model.to(device)
+
+
+def image_token_id(model: Any, processor: Any) -> int:
+    """The id of the image placeholder token, from the model config or the processor."""
+    config = getattr(model, "config", None)
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return int(processor.image_token_id)

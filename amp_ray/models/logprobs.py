@@ -1,0 +1,38 @@
+"""Per-sequence response log-probs: the one scoring function behind training, reference scoring
+and evaluation.
+
+log π(y|x) = Σ_t w_t · log π(y_t | x, y_<t) over response tokens, where w_t is the token's
+response weight (1 in plain responses, 1 + step·round in weighted dialogues, 0 on the prompt,
+the image tokens and padding). Summed, not averaged, as DPO and MDPO define r(y).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log π(token_t | tokens_<t) for t = 1..T−1, computed without a full log-softmax copy."""
+    shifted = logits[:, :-1].float()
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    return shifted.gather(-1, targets).squeeze(-1) - shifted.logsumexp(-1)
+
+
+def sequence_logprobs(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed weighted response log-prob of every sequence in a right-padded batch, shape [B].
+
+    `batch` comes from `conversation.collate`. `attention_mask` overrides the batch's mask, to
+    score with image tokens hidden (`hiding.hide_image_tokens`); positions stay those of the
+    full sequence.
+    """
+    inputs = {k: v for k, v in batch.items() if k not in ("response_weights", "attention_mask")}
+    mask = batch["attention_mask"] if attention_mask is None else attention_mask
+    logits = model(**inputs, attention_mask=mask, use_cache=False).logits
+    weights = batch["response_weights"][:, 1:].to(logits.device)
+    return (token_logprobs(logits, batch["input_ids"]) * weights).sum(-1)

@@ -1,0 +1,57 @@
+"""Where each model a spec names lives: a user path or hub id, or a model this run made."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import TypeVar
+
+from amp_ray.spec import JobSpec
+from amp_ray.storage import RunDir
+
+T = TypeVar("T")
+
+
+def model_uri(spec: JobSpec, run_dir: RunDir, name: str) -> str:
+    """The reference `local_model_path` resolves for model `name`.
+
+    An SFT run's output lives at <run_dir>/sft/models/<name>; a tiny model is built by the SFT
+    stage at <run_dir>/sft/init/<name>; any other model is its `path` (hub id, directory, s3://).
+    """
+    if name in spec.sft.runs:
+        return run_dir.location.join("sft", "models", name).uri
+    model = spec.models[name]
+    if model.path is not None:
+        return model.path
+    return run_dir.location.join("sft", "init", name).uri
+
+
+def root_model(spec: JobSpec, name: str) -> str:
+    """The `models` entry an SFT run chain starts from."""
+    while name in spec.sft.runs:
+        name = spec.sft.runs[name].init
+    return name
+
+
+def run_in_dependency_order(
+    spec: JobSpec, train: Callable[[str], T], concurrency: int
+) -> dict[str, T]:
+    """Call `train(name)` for every SFT run, up to `concurrency` at once, each run only after
+    the run it starts from has finished; the first failure stops new runs and is raised."""
+    results: dict[str, T] = {}
+    waiting = list(spec.sft.runs)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        running: dict[Future[T], str] = {}
+        while waiting or running:
+            ready = [
+                n
+                for n in waiting
+                if spec.sft.runs[n].init not in spec.sft.runs or spec.sft.runs[n].init in results
+            ]
+            for name in ready[: concurrency - len(running)]:
+                waiting.remove(name)
+                running[pool.submit(train, name)] = name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()
+    return results
