@@ -1,0 +1,1 @@
+"""Training on Ray Train + DeepSpeed: per-worker loops that read only their config and shard."""

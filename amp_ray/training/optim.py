@@ -1,0 +1,61 @@
+"""Optimizer, learning-rate schedule and DeepSpeed configuration from the spec."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], spec: OptimizerSpec
+) -> torch.optim.Optimizer:
+    trainable = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(
+        trainable, lr=spec.lr, weight_decay=spec.weight_decay, betas=spec.betas, eps=spec.eps
+    )
+
+
+def lr_factor(schedule: ScheduleSpec, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step `step`: linear warm-up, then the schedule."""
+
+    def factor(step: int) -> float:
+        if step < schedule.warmup_steps:
+            return (step + 1) / schedule.warmup_steps
+        if schedule.name == "constant":
+            return 1.0
+        progress = (step - schedule.warmup_steps) / max(1, total_steps - schedule.warmup_steps)
+        progress = min(1.0, progress)
+        if schedule.name == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def deepspeed_config(
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float,
+    zero_stage: int,
+    precision: str,
+) -> dict[str, Any]:
+    """The DeepSpeed config; the optimizer and scheduler are passed as torch objects."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": {
+            "stage": zero_stage,
+            "stage3_gather_16bit_weights_on_model_save": zero_stage == 3,
+        },
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }

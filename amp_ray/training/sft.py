@@ -1,0 +1,126 @@
+"""Supervised fine-tuning: the per-worker loop (Ray Train + DeepSpeed) and its typed config.
+
+The loss is the mean negative log-likelihood of the response tokens (reference answers), from the
+same `sequence_logprobs` that scores preferences.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from amp_ray.models.conversation import collate
+from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec, StorageSpec
+
+
+@dataclass(frozen=True)
+class SftLoopConfig:
+    """Everything the loop reads besides its dataset shard."""
+
+    init_path: str  # model to start from: directory, s3:// URI or hub id
+    output_uri: str  # model store location; the model goes under output_uri/attempt
+    attempt: str
+    storage: dict[str, Any] | None  # StorageSpec fields, for s3 options
+    steps: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    max_grad_norm: float
+    zero_stage: int
+    precision: str
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker loop: reads only `config` and the "train" dataset shard.
+
+    Returns the step it started from (0, or the checkpoint's) and every logged window's metrics.
+    """
+    import ray.train
+    import ray.train.torch
+
+    from amp_ray.models.loading import load_model, load_processor
+    from amp_ray.models.store import local_model_path
+    from amp_ray.training.worker import (
+        build_engine,
+        export_model,
+        length_bucketed,
+        restore_checkpoint,
+        save_checkpoint,
+        seed_everything,
+    )
+
+    cfg = SftLoopConfig(**config)
+    torch.set_num_threads(cfg.threads)
+    rank = ray.train.get_context().get_world_rank()
+    seed_everything(cfg.seed + rank)
+    storage = StorageSpec(**cfg.storage) if cfg.storage else None
+    path = local_model_path(cfg.init_path, storage)
+    processor = load_processor(path)
+    device = ray.train.torch.get_device()
+    dtype = "bfloat16" if cfg.precision == "bf16" else "float32"
+    model = load_model(path, dtype=dtype, device=device)
+    params = sum(p.numel() for p in model.parameters())
+    engine = build_engine(
+        model,
+        OptimizerSpec(**cfg.optimizer),
+        ScheduleSpec(**cfg.schedule),
+        cfg.steps,
+        cfg.micro_batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.max_grad_norm,
+        cfg.zero_stage,
+        cfg.precision,
+    )
+    step = start_step = restore_checkpoint(engine)
+    history: list[dict[str, float]] = []
+    batches = length_bucketed(
+        ray.train.get_dataset_shard("train"), cfg.micro_batch_size, cfg.seed + 1000 * rank + step
+    )
+    pad = processor.tokenizer.pad_token_id
+    window = dict.fromkeys(("loss", "tokens", "seconds", "data_seconds", "steps"), 0.0)
+    while step < cfg.steps:
+        started = time.perf_counter()
+        for _ in range(cfg.gradient_accumulation_steps):
+            waited = time.perf_counter()
+            batch = {k: v.to(device) for k, v in collate(next(batches), pad, "right").items()}
+            window["data_seconds"] += time.perf_counter() - waited
+            tokens = batch["response_weights"].sum()
+            loss = -sequence_logprobs(engine, batch).sum() / tokens
+            engine.backward(loss)
+            engine.step()
+            window["loss"] += loss.item() / cfg.gradient_accumulation_steps
+            window["tokens"] += float(batch["attention_mask"].sum())
+        step += 1
+        window["seconds"] += time.perf_counter() - started
+        window["steps"] += 1
+        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            metrics = {
+                "step": step,
+                "loss": window["loss"] / window["steps"],
+                "lr": engine.get_lr()[0],
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "tokens_per_s": window["tokens"] / window["seconds"],
+                "data_wait_share": window["data_seconds"] / window["seconds"],
+                "params": params,
+                "start_step": start_step,
+            }
+            history.append(metrics)
+            window = dict.fromkeys(window, 0.0)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(engine, step, metrics)
+            else:
+                ray.train.report(metrics)
+    export_model(engine, processor, cfg.zero_stage, cfg.output_uri, cfg.attempt, storage)
+    return {"start_step": start_step, "history": history}

@@ -1,0 +1,148 @@
+"""What every training loop does on its Ray Train worker: build the DeepSpeed engine, batch the
+shard, checkpoint and restore through Ray Train, export the final model in HF format.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from amp_ray.data.encode import encoded_rows
+from amp_ray.models.conversation import Encoded
+from amp_ray.models.store import upload_model_dir
+from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
+from amp_ray.storage.location import open_location
+from amp_ray.training.optim import deepspeed_config, lr_factor, make_optimizer
+
+CHECKPOINT_TAG = "checkpoint"
+
+
+def build_engine(
+    model: torch.nn.Module,
+    optimizer: OptimizerSpec,
+    schedule: ScheduleSpec,
+    total_steps: int,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float,
+    zero_stage: int,
+    precision: str,
+) -> Any:
+    """A DeepSpeed engine over `model` with a torch AdamW and a warm-up schedule.
+
+    On CPU DeepSpeed uses its cpu accelerator and the gloo group Ray Train set up; on GPUs NCCL.
+    """
+    import deepspeed
+
+    torch_optimizer = make_optimizer(model.parameters(), optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, lr_factor(schedule, total_steps))
+    config = deepspeed_config(
+        micro_batch_size, gradient_accumulation_steps, max_grad_norm, zero_stage, precision
+    )
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=torch_optimizer, lr_scheduler=scheduler, config=config
+    )
+    return engine
+
+
+def length_bucketed(
+    shard: Any, micro_batch_size: int, seed: int, group: int = 16, long_share: float = 0.15
+) -> Iterator[list[Encoded]]:
+    """Endless micro-batches from a dataset shard, in two length buckets.
+
+    Rows are read `group` micro-batches at a time; the longest `long_share` of them (multi-round
+    dialogues, say) form their own batches, so they stop padding every short batch, while each
+    bucket is shuffled so that a batch still mixes tasks. Fully length-sorted batches are faster
+    still but hold one task each and learn far worse: bench/bench_batching.py measures all three.
+    """
+    epoch = 0
+    while True:
+        rng = random.Random(seed + epoch)
+        for block in shard.iter_batches(
+            batch_size=micro_batch_size * group,
+            batch_format="pyarrow",
+            local_shuffle_buffer_size=micro_batch_size * group * 4,
+            local_shuffle_seed=seed + epoch,
+        ):
+            yield from make_batches(
+                encoded_rows(block), micro_batch_size, rng, "buckets", long_share
+            )
+        epoch += 1
+
+
+def make_batches(
+    rows: list[Encoded], size: int, rng: random.Random, mode: str, long_share: float = 0.15
+) -> list[list[Encoded]]:
+    """Full micro-batches of `rows`, in shuffled order. `mode`: "random" (any rows together),
+    "buckets" (the longest `long_share` batched apart, each bucket shuffled) or "sorted" (rows
+    of similar length together). bench/bench_batching.py compares them."""
+    rows = sorted(rows, key=len) if mode != "random" else rng.sample(rows, len(rows))
+    if mode == "buckets":
+        cut = len(rows) - int(len(rows) * long_share)
+        buckets = [rows[:cut], rows[cut:]]
+        for bucket in buckets:
+            rng.shuffle(bucket)
+    else:
+        buckets = [rows]
+    batches = [b[i : i + size] for b in buckets for i in range(0, len(b) - size + 1, size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def save_checkpoint(engine: Any, step: int, metrics: dict[str, Any]) -> None:
+    """Every rank saves its DeepSpeed shard; Ray Train merges them into one checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def restore_checkpoint(engine: Any) -> int:
+    """Load the latest Ray Train checkpoint into `engine`; the step to continue from (0 if none)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        _, client_state = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+    return int(client_state["step"])
+
+
+def export_model(
+    engine: Any, processor: Any, zero_stage: int, output_uri: str, attempt: str, storage: Any
+) -> None:
+    """Save the trained model and its processor in HF format under `output_uri/attempt`.
+
+    Call on every rank: with ZeRO-3 the parameters are gathered collectively; rank 0 writes.
+    """
+    import deepspeed
+    import ray.train
+
+    model = engine.module
+    rank = ray.train.get_context().get_world_rank()
+    state: dict[str, torch.Tensor] | None = None
+    if zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if rank == 0:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    elif rank == 0:
+        state = model.state_dict()
+    if rank != 0:
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory, state_dict=state)
+        processor.save_pretrained(directory)
+        upload_model_dir(directory, open_location(output_uri, storage), attempt)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
