@@ -139,3 +139,24 @@ def test_an_unreachable_endpoint_is_explained() -> None:
     spec = storage(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StorageError, match="cannot reach the object store"):
         RunDir.open("s3://bucket/run", spec)
+
+
+def test_a_model_directory_on_s3_commits_and_loads(
+    s3_endpoint: str, s3_bucket: str, tiny_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amp_ray.models import store
+    from amp_ray.models.loading import load_model, load_processor
+
+    monkeypatch.setattr(store, "CACHE", tmp_path / "cache")
+    location = open_location(f"s3://{s3_bucket}/run/sft/models/m", storage(s3_endpoint))
+    attempt = store.new_model_attempt()
+    store.upload_model_dir(tiny_dir, location, attempt)
+    with pytest.raises(StorageError, match="does not exist"):
+        store.local_model_path(location.uri + "-missing", storage(s3_endpoint))
+    store.commit_model(location, attempt, {"note": "test"})
+    path = store.local_model_path(location.uri, storage(s3_endpoint))
+    assert path.startswith(str(tmp_path / "cache"))
+    assert type(load_model(path)).__name__ == "LlavaForConditionalGeneration"
+    assert load_processor(path).tokenizer.pad_token == "<pad>"
+    assert store.local_model_path(location.uri, storage(s3_endpoint)) == path  # cached
+    assert store.local_model_path("llava-hf/llava-1.5-7b-hf") == "llava-hf/llava-1.5-7b-hf"

@@ -2,7 +2,8 @@
 
 from amp_ray.stages.base import Stage
 from amp_ray.stages.data import DataStage
+from amp_ray.stages.sft import SftStage
 
-STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in (DataStage,)}
+STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in (DataStage, SftStage)}
 
 __all__ = ["STAGES", "Stage"]

@@ -1,0 +1,1 @@
+"""Evaluation: answering benchmark items on actor pools, and the hallucination metrics."""

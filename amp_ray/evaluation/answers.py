@@ -1,0 +1,79 @@
+"""Answering items with a model on a Ray Data actor pool: every round, own answers as history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from amp_ray.data.encode import load_image
+from amp_ray.errors import DataError
+from amp_ray.models.generation import answer_dialogues
+from amp_ray.models.loading import load_model, load_processor
+from amp_ray.models.store import local_model_path
+from amp_ray.runtime import torch_threads_for
+from amp_ray.spec.alignment import SamplingSpec
+from amp_ray.storage.quarantine import QUARANTINE_REASON
+from amp_ray.storage.schemas import ANSWERS
+
+
+class AnswerGenerator:
+    """Ray Data callable: item rows in, the model's answers to every round out (ANSWERS schema,
+    plus the quarantine column for items it could not answer)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        model_path: str,
+        sampling: SamplingSpec,
+        dtype: str = "auto",
+        num_cpus: float = 1.0,
+        storage: Any = None,
+    ) -> None:
+        torch.set_num_threads(torch_threads_for(num_cpus))
+        path = local_model_path(model_path, storage)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(path, dtype=dtype, device=device).eval()
+        self.processor = load_processor(path)
+        self.model_name = model_name
+        self.sampling = sampling
+        self.storage = storage
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        images: list[Any] = []
+        reasons: list[str | None] = []
+        for row in rows:
+            try:
+                images.append(load_image(row, self.storage))
+                reasons.append(None)
+            except DataError as exc:
+                images.append(None)
+                reasons.append(exc.message)
+        usable = [i for i, reason in enumerate(reasons) if reason is None]
+        dialogues = [[turn["question"] for turn in rows[i]["rounds"]] for i in usable]
+        answered = (
+            answer_dialogues(
+                self.model, self.processor, [images[i] for i in usable], dialogues, self.sampling
+            )
+            if usable
+            else []
+        )
+        results: dict[int, list[Any]] = dict(zip(usable, answered, strict=True))
+        out = [
+            {
+                "item_id": row["item_id"],
+                "model": self.model_name,
+                "split": row["split"],
+                "task": row["task"],
+                "questions": [turn["question"] for turn in row["rounds"]],
+                "references": [turn["answer"] for turn in row["rounds"]],
+                "answers": [g.text for g in results.get(i, [])],
+                "finished": [g.finished for g in results.get(i, [])],
+                "annotations": row["annotations"],
+            }
+            for i, row in enumerate(rows)
+        ]
+        table = pa.Table.from_pylist(out, schema=ANSWERS)
+        return table.append_column(QUARANTINE_REASON, pa.array(reasons, pa.string()))

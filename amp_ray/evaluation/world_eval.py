@@ -1,0 +1,71 @@
+"""The world's hallucination metrics for every model and split, from an answers table."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import pyarrow as pa
+
+from amp_ray.evaluation.world_metrics import (
+    CaptionScore,
+    caption_metrics,
+    mention_rate,
+    pope_metrics,
+)
+
+
+def world_metric_rows(answers: pa.Table) -> list[dict[str, Any]]:
+    """METRICS rows: CHAIR (captions), partner mention rate (bias), POPE (by category)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in answers.to_pylist():
+        if row["answers"]:
+            groups[(row["model"], row["split"])].append(row)
+    return [
+        {
+            "model": model,
+            "benchmark": benchmark,
+            "split": split,
+            "metric": name,
+            "value": float(value),
+            "count": count,
+        }
+        for (model, split), rows in sorted(groups.items())
+        for benchmark, values, count in group_metrics(rows)
+        for name, value in values.items()
+    ]
+
+
+def group_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, float], int]]:
+    """(benchmark, metrics, item count) for the answers of one model on one split."""
+    out: list[tuple[str, dict[str, float], int]] = []
+    captions = [r for r in rows if r["task"] == "caption"]
+    if captions:
+        facts = [json.loads(r["annotations"]) for r in captions]
+        vocabulary = set(facts[0]["kinds"])
+        scores = [
+            CaptionScore.of(
+                r["answers"][0],
+                r["references"][0],
+                [o["kind"] for o in f["objects"]],
+                vocabulary,
+                r["finished"][0],
+            )
+            for r, f in zip(captions, facts, strict=True)
+        ]
+        out.append(("chair", caption_metrics(scores), len(captions)))
+        texts = [r["answers"][0] for r in captions]
+        partner = facts[0]["bias"]["partner"]
+        out.append(("bias", {"partner_rate": mention_rate(texts, partner)}, len(captions)))
+    existence = [r for r in rows if r["task"] == "existence"]
+    if existence:
+        facts = [json.loads(r["annotations"])["rounds"][0] for r in existence]
+        labels = [f["label"] for f in facts]
+        texts = [r["answers"][0] for r in existence]
+        out.append(("pope", pope_metrics(texts, labels), len(existence)))
+        for category in sorted({f["category"] for f in facts} - {"positive"}):
+            chosen = [i for i, f in enumerate(facts) if f["category"] == category]
+            values = pope_metrics([texts[i] for i in chosen], [labels[i] for i in chosen])
+            out.append((f"pope_{category}", values, len(chosen)))
+    return out

@@ -1,0 +1,317 @@
+"""The sft stage: starting models trained on the `sft` split, then checked on the eval splits.
+
+Tiny LLaVA models named in `models` (with `tiny:`) are built here from config, with a tokenizer
+trained on the run's texts. Every run of `sft.runs` trains on Ray Train + DeepSpeed from its
+`init` (a model, or another run: incremental generation's nested data), on the items whose id
+hashes into its `data_fraction`. Models are committed under <run_dir>/sft/models/<run>; a run whose
+model is committed with the same settings is not trained again, and a run killed part-way resumes
+from its last checkpoint. Outputs: sft/quarantine, sft/answers, sft/metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from amp_ray.data.items import in_fraction, rows_where
+from amp_ray.errors import SpecError
+from amp_ray.models.registry import model_uri, root_model, run_in_dependency_order
+from amp_ray.models.store import commit_model, committed_model, local_model_path, new_model_attempt
+from amp_ray.runtime import (
+    batched,
+    concurrent_pools,
+    light_map,
+    map_with_actor_pool,
+    torch_threads_for,
+)
+from amp_ray.spec.alignment import SamplingSpec
+from amp_ray.stages.base import Stage, StageCounts
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
+from amp_ray.storage.raysink import write_ray
+from amp_ray.world.generate import SPLIT_MODES
+
+EVAL_TASKS = ("caption", "existence")
+# sft settings that change how the stage runs, not what it makes
+HOW_IT_RUNS = {
+    "encode_actors": True,
+    "max_concurrent_runs": True,
+    "log_every": True,
+    "checkpoint_every": True,
+    "eval": {"actors": True},
+}
+PROCESSOR_FILES = ("config.json", "generation_config.json")  # not part of the processor
+
+
+class SftStage(Stage):
+    name = "sft"
+    inputs = (("data", "items"),)
+    outputs = ("quarantine", "answers", "metrics")
+
+    def config(self) -> dict[str, Any]:
+        roots = sorted({root_model(self.spec, name) for name in self.spec.sft.runs})
+        return {
+            "seed": self.spec.seed,
+            "sft": self.spec.sft.model_dump(mode="json", exclude=HOW_IT_RUNS),
+            "models": {name: self.spec.models[name].model_dump(mode="json") for name in roots},
+        }
+
+    def _training_settings(self, name: str) -> dict[str, Any]:
+        """What a trained model depends on; a committed model with other settings is retrained."""
+        config = self.config()
+        config["sft"].pop("eval")
+        config["sft"].pop("runs")
+        chain = [name]
+        while chain[-1] in self.spec.sft.runs:
+            chain.append(self.spec.sft.runs[chain[-1]].init)
+        runs = {n: self.spec.sft.runs[n].model_dump(mode="json") for n in chain[:-1]}
+        return {**config, "chain": runs, "models": {chain[-1]: config["models"][chain[-1]]}}
+
+    def preflight(self) -> None:
+        if not self.spec.sft.runs:
+            raise SpecError("stage 'sft' has nothing to train: sft.runs is empty")
+        for name in self.spec.sft.runs:
+            root = root_model(self.spec, name)
+            tiny = self.spec.models[root].tiny
+            if tiny is not None and tiny.image_size is None and self.spec.data.source != "world":
+                raise SpecError(f"models.{root}.tiny.image_size is needed for imported data")
+
+    def run(self) -> StageCounts:
+        items = self.run_dir.dataset("data", "items")
+        if self.force:
+            self.run_dir.location.join(self.name, "ray").remove()
+        self._build_tiny_models(items)
+        quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
+        encoded = self._encode(items, quarantine)
+        datasets = {name: encoded[self._processor_key(name)] for name in self.spec.sft.runs}
+        trained = run_in_dependency_order(
+            self.spec,
+            lambda name: self._train(name, datasets[name]),
+            self.spec.sft.max_concurrent_runs,
+        )
+        trained_rows = max(trained.values())
+        self._evaluate(items, quarantine)
+        quarantined = quarantine.commit().num_rows
+        sft_rows = max(table.count() for table in encoded.values())
+        return StageCounts(sft_rows, trained_rows, quarantined)
+
+    # -- models built from config ---------------------------------------------------------------
+
+    def _build_tiny_models(self, items: Any) -> None:
+        from amp_ray.models.tiny import create_tiny_model
+
+        roots = {root_model(self.spec, name) for name in self.spec.sft.runs}
+        tiny = {name: self.spec.models[name].tiny for name in sorted(roots)}
+        texts: list[str] | None = None
+        for name, spec in tiny.items():
+            location = self.run_dir.location.join(self.name, "init", name)
+            if spec is None or (committed_model(location) and not self.force):
+                continue
+            if texts is None:
+                rounds = items.read_table(["rounds"]).column("rounds").to_pylist()
+                texts = [
+                    turn[key]
+                    for dialogue in rounds
+                    for turn in dialogue
+                    for key in ("question", "answer")
+                ]
+            image_size = spec.image_size or self.spec.data.world.image_size
+            seed = self.spec.seed + zlib.crc32(name.encode())
+            with tempfile.TemporaryDirectory() as directory:
+                create_tiny_model(directory, spec, texts, image_size, seed)
+                _commit_directory(directory, location, {"built_from": spec.model_dump()})
+
+    # -- encoding, once per distinct processor ----------------------------------------------------
+
+    def _processor_key(self, name: str) -> str:
+        """Runs whose starting models share a processor share one encoded dataset."""
+        path = Path(
+            local_model_path(
+                model_uri(self.spec, self.run_dir, root_model(self.spec, name)), self.spec.storage
+            )
+        )
+        digest = hashlib.sha256()
+        for file in sorted(path.iterdir()):
+            if (
+                file.is_file()
+                and file.suffix in (".json", ".jinja", ".model", ".txt")
+                and file.name not in PROCESSOR_FILES
+            ):
+                digest.update(file.name.encode() + file.read_bytes())
+        return digest.hexdigest()
+
+    def _encode(self, items: Any, quarantine: Any) -> dict[str, Any]:
+        from amp_ray.data.encode import ItemEncoder
+
+        groups: dict[str, str] = {}
+        for name in self.spec.sft.runs:
+            groups.setdefault(self._processor_key(name), root_model(self.spec, name))
+        pool = self.spec.sft.encode_actors
+        sft_items = light_map(
+            items.read_ray(override_num_blocks=4 * pool.num_actors),
+            functools.partial(rows_where, column="split", values=("sft",)),
+        )
+        encoded = {}
+        for key, root in groups.items():
+            processor = model_uri(self.spec, self.run_dir, root)
+            args = (processor, self.spec.sft.max_length, 0.0, self.spec.storage)
+            table = map_with_actor_pool(sft_items, ItemEncoder, pool, args)
+            encoded[key] = table.materialize()
+            write_ray(
+                encoded[key],
+                {"quarantine": quarantine},
+                functools.partial(_bad_rows, stage=self.name),
+            )
+        return encoded
+
+    # -- training -------------------------------------------------------------------------------
+
+    def _train(self, name: str, encoded: Any) -> int:
+        """Train run `name` unless its model is committed with the same settings; rows used."""
+        from amp_ray.training.launch import fit
+        from amp_ray.training.sft import SftLoopConfig, sft_loop
+
+        run = self.spec.sft.runs[name]
+        sft = self.spec.sft
+        location = self.run_dir.location.join(self.name, "models", name)
+        train = light_map(
+            encoded, functools.partial(_training_rows, fraction=run.data_fraction)
+        ).materialize()
+        settings = self._training_settings(name)
+        if committed_model(location) and _model_settings(location) == settings and not self.force:
+            return train.count()
+        attempt = new_model_attempt()
+        config = SftLoopConfig(
+            init_path=model_uri(self.spec, self.run_dir, run.init),
+            output_uri=location.uri,
+            attempt=attempt,
+            storage=self.spec.storage.model_dump(),
+            steps=run.steps,
+            micro_batch_size=sft.micro_batch_size,
+            gradient_accumulation_steps=sft.gradient_accumulation_steps,
+            optimizer=sft.optimizer.model_dump(),
+            schedule=sft.schedule.model_dump(),
+            max_grad_norm=sft.max_grad_norm,
+            zero_stage=sft.deepspeed.zero_stage,
+            precision=sft.precision,
+            checkpoint_every=sft.checkpoint_every,
+            log_every=sft.log_every,
+            seed=self.spec.seed + zlib.crc32(name.encode()),
+            threads=torch_threads_for(sft.scaling.cpus_per_worker),
+        )
+        storage = self.run_dir.location.join(self.name, "ray")
+        result = fit(sft_loop, config.to_dict(), {"train": train}, sft.scaling, name, storage)
+        commit_model(location, attempt, {"settings": settings, "final": dict(result.metrics or {})})
+        return train.count()
+
+    # -- the world check --------------------------------------------------------------------------
+
+    def _evaluate(self, items: Any, quarantine: Any) -> None:
+        from amp_ray.evaluation.answers import AnswerGenerator
+        from amp_ray.evaluation.world_eval import world_metric_rows
+        from amp_ray.storage.quarantine import route_quarantine
+
+        answers = self.run_dir.writer(self.name, "answers", "answers")
+        metrics = self.run_dir.writer(self.name, "metrics", "metrics")
+        if self.spec.data.source == "world":
+            evaluation = self.spec.sft.eval
+            sampling = SamplingSpec(
+                max_new_tokens=evaluation.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                repetition_penalty=1.0,
+            )
+            splits = self.spec.data.world.splits
+            shares = {
+                name: min(1.0, evaluation.items_per_split / max(1, getattr(splits, name)))
+                for name in SPLIT_MODES
+                if name.startswith("eval")
+            }
+            eval_items = light_map(items.read_ray(), functools.partial(_eval_rows, shares=shares))
+            route = functools.partial(
+                route_quarantine, stage=self.name, good="answers", bad="quarantine"
+            )
+            pool = evaluation.actors
+            names = list(self.spec.sft.runs)
+            # Models are answered side by side, as many at once as leave CPUs for reading.
+            for wave in batched(names, concurrent_pools(pool)):
+                per_model = []
+                for name in wave:
+                    uri = model_uri(self.spec, self.run_dir, name)
+                    args = (name, uri, sampling, "auto", pool.num_cpus, self.spec.storage)
+                    per_model.append(map_with_actor_pool(eval_items, AnswerGenerator, pool, args))
+                generated = per_model[0].union(*per_model[1:]) if len(wave) > 1 else per_model[0]
+                write_ray(generated, {"answers": answers, "quarantine": quarantine}, route)
+        committed = answers.commit()
+        table = (
+            self.run_dir.dataset(self.name, "answers").read_table() if committed.num_rows else None
+        )
+        rows = world_metric_rows(table) if table is not None else []
+        metrics.write_table(pa.Table.from_pylist(rows, schema=metrics.schema))
+        metrics.commit()
+
+    def summary(self) -> list[str]:
+        from amp_ray.evaluation.world_tables import sft_table
+
+        metrics = self.run_dir.dataset(self.name, "metrics").read_table()
+        details = {
+            name: _model_final(self.run_dir.location.join(self.name, "models", name))
+            for name in self.spec.sft.runs
+        }
+        return sft_table(metrics, self.spec, details)
+
+
+def _commit_directory(directory: str, location: Any, metadata: dict[str, Any]) -> None:
+    from amp_ray.models.store import upload_model_dir
+
+    attempt = new_model_attempt()
+    upload_model_dir(directory, location, attempt)
+    commit_model(location, attempt, metadata)
+
+
+def _model_settings(location: Any) -> Any:
+    import json
+
+    return json.loads(location.join("_model.json").read_bytes())["metadata"].get("settings")
+
+
+def _model_final(location: Any) -> dict[str, Any]:
+    import json
+
+    marker = location.join("_model.json")
+    if not marker.exists():
+        return {}
+    return json.loads(marker.read_bytes())["metadata"].get("final", {})
+
+
+def _bad_rows(batch: pa.Table, stage: str) -> dict[str, pa.Table]:
+    return {"quarantine": split_batch(batch, stage)[1]}
+
+
+def _training_rows(batch: pa.Table, fraction: float) -> pa.Table:
+    """Encoded rows that are usable and fall into the run's data fraction."""
+    good = batch.filter(pc.is_null(batch.column(QUARANTINE_REASON)))
+    keep = [in_fraction(item_id, fraction) for item_id in good.column("item_id").to_pylist()]
+    return good.filter(pa.array(keep, pa.bool_())).drop_columns([QUARANTINE_REASON, ROW_JSON])
+
+
+def _eval_rows(batch: pa.Table, shares: dict[str, float]) -> pa.Table:
+    """The check's items: captions and POPE questions of the eval splits, about
+    `items_per_split` of each per split (a stable hash picks them; POPE keeps 6 per image)."""
+    rows = rows_where(rows_where(batch, "split", tuple(shares)), "task", EVAL_TASKS)
+    keep = [
+        in_fraction(item_id, shares[split] / (6 if task == "existence" else 1))
+        for item_id, split, task in zip(
+            rows.column("item_id").to_pylist(),
+            rows.column("split").to_pylist(),
+            rows.column("task").to_pylist(),
+            strict=True,
+        )
+    ]
+    return rows.filter(pa.array(keep, pa.bool_()))
