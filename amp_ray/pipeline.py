@@ -75,10 +75,7 @@ def _check_inputs_available(stages: list[Stage], run: RunDir) -> None:
 
 def _run_stage(stage: Stage, run: RunDir, ray_session: RaySession, force: bool) -> StageReport:
     config = stage.config()
-    inputs = {
-        f"{source}/{name}": run.dataset(source, name).manifest.attempt
-        for source, name in stage.inputs
-    }
+    inputs = stage.input_versions()
     previous = run.record(stage.name)
     if previous is not None and not force:
         if previous.config != config:

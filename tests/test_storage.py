@@ -193,6 +193,7 @@ def test_docs_storage_md_shows_the_current_schemas() -> None:
         "candidates",
         "preferences",
         "reference_logprobs",
+        "answers",
         "metrics",
         "quarantine",
     }

@@ -7,12 +7,17 @@ the class in `amp_ray/stages/__init__.py`. CONTRIBUTING.md walks through an exam
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from amp_ray.spec import JobSpec
 from amp_ray.storage import RunDir
+from amp_ray.storage.journal import Journal
+from amp_ray.storage.quarantine import route_quarantine
+from amp_ray.storage.run import fingerprint
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,47 @@ class Stage(ABC):
     def summary(self) -> list[str]:
         """Lines printed under the stage's summary line (a table of what it made), if any."""
         return []
+
+    def input_versions(self) -> dict[str, str]:
+        """ "stage/dataset" -> the committed attempt this stage reads."""
+        return {
+            f"{source}/{name}": self.run_dir.dataset(source, name).manifest.attempt
+            for source, name in self.inputs
+        }
+
+    def write_journaled(
+        self, rows: Callable[[set[str]], Any], good: str, schema_name: str
+    ) -> JournaledCounts:
+        """Write the Ray Data rows that `rows(done_keys)` makes into `good` and `quarantine`,
+        exactly once per item across runs: a killed run's finished parts are kept and its items
+        skipped on the next run with the same config and inputs (storage/journal.py)."""
+        from amp_ray.storage.raysink import write_ray
+
+        journal = Journal(
+            self.run_dir.location.join(self.name, "_journal"),
+            fingerprint(self.config(), self.input_versions()),
+        )
+        if self.force:
+            journal.location.remove()
+        attempts = journal.open([good, "quarantine"])
+        writers = {
+            good: self.run_dir.writer(self.name, good, schema_name, attempts[good]),
+            "quarantine": self.run_dir.writer(
+                self.name, "quarantine", "quarantine", attempts["quarantine"]
+            ),
+        }
+        done = journal.done_keys()
+        route = functools.partial(route_quarantine, stage=self.name, good=good, bad="quarantine")
+        write_ray(rows(done), writers, route, journal)
+        counts = JournaledCounts(
+            writers[good].commit().num_rows, writers["quarantine"].commit().num_rows, len(done)
+        )
+        journal.close()
+        return counts
+
+
+@dataclass(frozen=True)
+class JournaledCounts:
+    rows_out: int
+    rows_quarantined: int
+    resumed_items: int  # items a killed earlier run had finished

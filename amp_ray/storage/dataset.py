@@ -141,11 +141,13 @@ class DatasetWriter:
     (and was retried) is never listed, so a retry cannot duplicate rows.
     """
 
-    def __init__(self, location: Location, schema: pa.Schema, schema_name: str) -> None:
+    def __init__(
+        self, location: Location, schema: pa.Schema, schema_name: str, attempt: str | None = None
+    ) -> None:
         self.location = location
         self.schema = schema
         self.schema_name = schema_name
-        self.attempt = new_attempt_id()
+        self.attempt = attempt or new_attempt_id()  # a journal resumes an earlier attempt
         self.attempt_dir = f"{ATTEMPT_PREFIX}{self.attempt}"
         self._files: list[FileEntry] = []
         self.committed: Manifest | None = None

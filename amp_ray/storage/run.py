@@ -63,8 +63,12 @@ class RunDir:
     def dataset(self, stage: str, name: str) -> Dataset:
         return Dataset(self.location.join(stage, name))
 
-    def writer(self, stage: str, name: str, schema_name: str) -> DatasetWriter:
-        return DatasetWriter(self.location.join(stage, name), SCHEMAS[schema_name], schema_name)
+    def writer(
+        self, stage: str, name: str, schema_name: str, attempt: str | None = None
+    ) -> DatasetWriter:
+        return DatasetWriter(
+            self.location.join(stage, name), SCHEMAS[schema_name], schema_name, attempt
+        )
 
     def record(self, stage: str) -> StageRecord | None:
         where = self.location.join(stage, RECORD)

@@ -34,50 +34,70 @@ ITEMS = pa.schema(
     metadata={"doc": "data/items: the prompts of the run with their reference answers"},
 )
 
+CANDIDATE = pa.struct(
+    [
+        ("candidate_id", pa.string()),  # unique within the item
+        ("generator", pa.string()),  # reference, meg, ig, bdhs, or import
+        ("source", pa.string()),  # the model (or model@rho_th) that made it
+        ("initial_rank", pa.int32()),  # rank before auto-check; 0 is the reference
+        ("answers", pa.list_(pa.string())),  # one answer per dialogue round
+        ("info", pa.string()),  # JSON audit data: tries, similarity, hiding threshold, ...
+    ]
+)
+SCORED_CANDIDATE = pa.struct(
+    [
+        *CANDIDATE,
+        ("accuracy", pa.float64()),  # the checker's accuracy (null for imported levels)
+        ("score", pa.float64()),  # the checker's tie-breaking score
+        ("checked_rank", pa.int32()),  # rank after auto-check; 0 is the reference
+    ]
+)
+ITEM_FIELDS = ("item_id", "split", "task", "image", "image_uri", "rounds", "annotations")
+
 CANDIDATES = pa.schema(
     [
-        _col("item_id", pa.string(), "the item answered", nullable=False),
-        _col("candidate_id", pa.string(), "unique within the item", nullable=False),
-        _col("generator", pa.string(), "meg, ig, bdhs, or reference"),
-        _col("source", pa.string(), "the model (or model@rho_th) that made it"),
-        _col("initial_rank", pa.int32(), "rank before auto-check; 0 is best (the reference)"),
-        _col("answers", pa.list_(pa.string()), "one answer per dialogue round"),
-        _col("info", pa.string(), "JSON audit data: tries, similarity, hidden-token share, ..."),
+        *(ITEMS.field(name) for name in ITEM_FIELDS),
+        _col(
+            "candidates",
+            pa.list_(CANDIDATE),
+            "every generated answer of the item (the reference is in rounds), initial order",
+        ),
     ],
-    metadata={"doc": "generate/candidates: every candidate answer of every item"},
-)
-
-LEVEL = pa.struct(
-    [
-        ("candidate_id", pa.string()),
-        ("generator", pa.string()),
-        ("source", pa.string()),
-        ("answers", pa.list_(pa.string())),
-        ("initial_rank", pa.int32()),
-        ("accuracy", pa.float64()),
-        ("score", pa.float64()),
-    ]
+    metadata={"doc": "generate/candidates: the items with every candidate answer, one row each"},
 )
 
 PREFERENCES = pa.schema(
     [
-        *(
-            ITEMS.field(name)
-            for name in ("item_id", "split", "task", "image", "image_uri", "rounds")
+        *(ITEMS.field(name) for name in ITEM_FIELDS),
+        _col(
+            "levels",
+            pa.list_(SCORED_CANDIDATE),
+            "K responses ranked best first (level 0 is the reference where there is one)",
         ),
-        _col("levels", pa.list_(LEVEL), "K responses ranked best first, with checker scores"),
-        _col("order_changed", pa.bool_(), "the checked order differs from the initial one"),
+        _col(
+            "candidates",
+            pa.list_(SCORED_CANDIDATE),
+            "every candidate with its checker scores, initial order, for audit",
+        ),
+        _col(
+            "order_changed", pa.bool_(), "the checked order of the levels differs from the initial"
+        ),
+        _col("checker", pa.string(), "embedding, ground_truth, or the import format"),
     ],
-    metadata={"doc": "rank/preferences: K ranked levels per item, ready to train on"},
+    metadata={"doc": "rank/preferences (or data/preferences, imported): K ranked levels per item"},
 )
 
 REFERENCE_LOGPROBS = pa.schema(
     [
-        _col("item_id", pa.string(), "the item scored", nullable=False),
-        _col("ref_logps", pa.list_(pa.float64()), "summed log-prob of each level, in level order"),
+        *PREFERENCES,
+        _col(
+            "ref_logps",
+            pa.list_(pa.float64()),
+            "the reference model's summed (round-weighted) log-prob of each level, level order",
+        ),
         _col("ref_model", pa.string(), "the reference model that scored them"),
     ],
-    metadata={"doc": "reference/logprobs: reference log-probs beside rank/preferences"},
+    metadata={"doc": "reference/preferences: the preferences with reference log-probs beside them"},
 )
 
 ANSWERS = pa.schema(
