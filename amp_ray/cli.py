@@ -3,6 +3,7 @@
     amp-ray validate SPEC [dotted.key=value ...]
     amp-ray run SPEC [--stage NAME] [--force] [dotted.key=value ...]
     amp-ray schemas
+    amp-ray export --format {amp_json,trl_dpo,pairs} [--pairs MODE] RUN_DIR DEST
 
 Problems a user can fix end with one message and a non-zero exit (2 for a bad spec, 1 for the
 rest), no traceback unless --debug is given.
@@ -57,6 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
         "schemas", parents=[common], help="print the run's dataset schemas"
     )
     schemas.set_defaults(func=cmd_schemas)
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="write a run's preferences as AMP JSON, TRL DPO Parquet or pairs (docs/formats.md)",
+    )
+    export.add_argument("--format", required=True, choices=["amp_json", "trl_dpo", "pairs"])
+    export.add_argument(
+        "--pairs",
+        default="all",
+        choices=["all", "best_vs_rest", "adjacent"],
+        help="pairs of levels that a K-level item expands to in trl_dpo and pairs (default: all)",
+    )
+    export.add_argument("run_dir", help="run directory (local path or s3://...)")
+    export.add_argument("dest", help="file to write: .json (amp_json, pairs) or .parquet (trl_dpo)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -86,6 +103,40 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     from amp_ray.storage.schemas import schemas_markdown
 
     print(schemas_markdown())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the newest committed preferences: reference/, else rank/, else data/."""
+    from amp_ray.data.formats import export_preferences
+    from amp_ray.errors import DataError, StorageError
+    from amp_ray.storage import RunDir
+    from amp_ray.storage.schemas import ITEM_FIELDS
+
+    run = RunDir.open(args.run_dir, check=False)
+    if not run.location.exists():
+        raise StorageError(f"run directory {args.run_dir} does not exist", hint="check RUN_DIR")
+    for stage in ("reference", "rank", "data"):
+        dataset = run.dataset(stage, "preferences")
+        if dataset.exists:
+            break
+    else:
+        raise DataError(
+            f"{run.uri} holds no committed preferences (reference/, rank/ or data/preferences)",
+            hint="run the rank stage first, or import preference data (data.source: amp_json, "
+            "trl_dpo or pairs)",
+        )
+    table = dataset.read_table([*ITEM_FIELDS, "levels"])
+    report = export_preferences(table, args.format, args.dest, args.pairs)
+    images = f", {len(report.images)} image files under images/" if report.images else ""
+    print(
+        f"exported {report.items} items of {stage}/preferences as {report.records} {args.format} "
+        f"records to {report.dest}{images}"
+    )
+    if report.skipped:
+        print(f"skipped {len(report.skipped)} items the format cannot hold:", file=sys.stderr)
+        for item_id, reason in report.skipped[:5]:
+            print(f"  {item_id}: {reason}", file=sys.stderr)
     return 0
 
 

@@ -132,16 +132,24 @@ class WorldSpec(Block):
         return self
 
 
-DataSource = Literal["world", "parquet"]
+# Where items come from. The preference formats (docs/formats.md) also carry ranked responses:
+# they become data/preferences besides data/items, and the rank stage is not needed.
+DataSource = Literal["world", "parquet", "amp_json", "trl_dpo", "pairs"]
+PREFERENCE_SOURCES = ("amp_json", "trl_dpo", "pairs")
 
 
 class DataSpec(Block):
     """Where the items (images, prompts or dialogues, references) of the run come from."""
 
     source: DataSource = Field(
-        "world", description="world: the embedded synthetic world; parquet: items in run format"
+        "world",
+        description="world: the embedded synthetic world; parquet: items in run format; "
+        "amp_json, trl_dpo, pairs: preference data (docs/formats.md)",
     )
     path: str | None = Field(None, description="file or directory (local or s3://) to import")
+    image_root: str | None = Field(
+        None, description="folder that relative image paths are read from; default: path's folder"
+    )
     world: WorldSpec = WorldSpec()
     actors: ActorPoolSpec = ActorPoolSpec(num_actors=2, batch_size=256)
 

@@ -1,21 +1,26 @@
-"""The data stage: the run's items, made by the synthetic world or imported from Parquet.
+"""The data stage: the run's items, made by the synthetic world or imported.
 
 Output: data/items (ITEMS schema) and data/quarantine (rows that could not be used, with reasons).
+A preference source (amp_json, trl_dpo, pairs: docs/formats.md) also commits data/preferences
+(PREFERENCES schema), the ranked levels that stand in for the generate and rank stages; those
+files are small JSON or Parquet, so they are converted in the driver (amp_ray/data/formats.py).
 """
 
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from amp_ray.data import formats
 from amp_ray.data.items import ItemChecker, image_root_for
 from amp_ray.errors import DataError, StorageError
 from amp_ray.runtime import LIGHT_TASK_CPUS, map_with_actor_pool
-from amp_ray.spec.blocks import WorldSpec
+from amp_ray.spec.blocks import PREFERENCE_SOURCES, WorldSpec
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.location import Location, guard, open_location
 from amp_ray.storage.quarantine import route_quarantine
@@ -37,7 +42,13 @@ class WorldItemMaker:
 
 class DataStage(Stage):
     name = "data"
-    outputs = ("items", "quarantine")
+
+    @property  # type: ignore[override]
+    def outputs(self) -> tuple[str, ...]:
+        """Preference sources also commit data/preferences."""
+        if self.spec.data.source in PREFERENCE_SOURCES:
+            return ("items", "preferences", "quarantine")
+        return ("items", "quarantine")
 
     def config(self) -> dict[str, Any]:
         data = self.spec.data.model_dump(mode="json", exclude={"actors"})
@@ -46,10 +57,22 @@ class DataStage(Stage):
         return data
 
     def preflight(self) -> None:
-        if self.spec.data.source == "parquet":
+        data = self.spec.data
+        if data.source == "parquet":
             self._import_files()
+        elif data.source in PREFERENCE_SOURCES:
+            _, files = formats.source_files(str(data.path), self.spec.storage, "data.path ")
+            for file in files:  # small files: read now, so a wrong format stops the run here
+                formats.read_records(data.source, file)
+            if data.image_root and not open_location(data.image_root, self.spec.storage).exists():
+                raise StorageError(
+                    f"data.image_root {data.image_root} does not exist",
+                    hint="fix data.image_root, or leave it out to read images beside data.path",
+                )
 
     def run(self) -> StageCounts:
+        if self.spec.data.source in PREFERENCE_SOURCES:
+            return self._import_preferences()
         import ray.data
 
         from amp_ray.storage.raysink import write_ray
@@ -79,12 +102,35 @@ class DataStage(Stage):
         return StageCounts(rows_in, committed.num_rows, quarantined)
 
     def summary(self) -> list[str]:
+        if self.spec.data.source in PREFERENCE_SOURCES:
+            levels = self.run_dir.dataset(self.name, "preferences").read_table(["levels"])
+            counts = Counter(len(row) for row in levels.column("levels").to_pylist())
+            shown = ", ".join(f"{counts[k]} with K={k}" for k in sorted(counts))
+            return [f"{self.spec.data.source}: {levels.num_rows} preference items ({shown or '-'})"]
         if self.spec.data.source != "world":
             return []
         table = self.run_dir.dataset(self.name, "items").read_table(
             ["item_id", "split", "annotations"]
         )
         return world_table(table)
+
+    def _import_preferences(self) -> StageCounts:
+        """Convert a preference file (or folder) in the driver; bad records go to quarantine."""
+        data = self.spec.data
+        result = formats.import_preferences(
+            data.source, str(data.path), data.image_root, self.spec.storage
+        )
+        metadata = {"source": data.source}
+        for name, table in (
+            ("quarantine", result.quarantine),
+            ("preferences", result.preferences),
+            ("items", result.items),
+        ):
+            writer = self.run_dir.writer(self.name, name, name)
+            if table.num_rows:
+                writer.write_table(table)
+            writer.commit(metadata)
+        return StageCounts(result.rows_in, result.items.num_rows, result.quarantine.num_rows)
 
     def _import_files(self) -> tuple[Location, list[str]]:
         """The Parquet files under data.path, after checking they exist and hold items."""

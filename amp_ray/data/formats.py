@@ -1,0 +1,599 @@
+"""Preference data in and out: AMP's training JSON, TRL's DPO rows, and plain chosen/rejected pairs.
+
+Importing published data lets a run train on it (data/preferences stands in for generate + rank);
+exporting lets other trainers read ours. docs/formats.md shows what each direction loses.
+
+- `amp_json`: a JSON array of {image, output_1 ... output_K} (K = 2..8, output_1 best); each output
+  a LLaVA conversation [{"from": "human"|"gpt", "value"}] from human, "<image>" in its first turn.
+- `trl_dpo`: TRL's DPO vision rows {prompt, chosen, rejected, images} (JSONL, or Parquet with HF
+  {bytes, path} image structs); messages {role, content: [{"type": "image"} | {"type": "text",
+  "text"}]}. Earlier prompt turns are earlier rounds; chosen/rejected answer the last user turn.
+- `pairs`: RLHF-V / RLAIF-V / POVID rows {image, question, chosen, rejected, ...}: one round, K = 2.
+
+Mapping, one record per item of split "preference": item_id = the record's `id`, `idx` or
+`question_id`, else "<format>-" + a sha256 of it; task = its `task`, else "imported"; `image` =
+bytes where the record holds bytes, else `image_uri` = the path (relative ones joined to the
+image root); rounds = the questions with the best level's answers; levels (best first) and
+candidates = one SCORED_CANDIDATE per output (output_k / chosen / rejected, generator "import",
+source and checker = the format, initial_rank = checked_rank = the level); annotations =
+{"format", "extra": the keys the format does not use}, which export writes back.
+
+Record <-> row functions are pure; `import_preferences` and `export_preferences` go through
+`open_location` (local and s3://). A record that cannot become a row raises `BadRow`, whose
+message is its quarantine reason: a bad row never stops an import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from amp_ray.data.items import image_bytes_problem, image_root_for, resolve_image_uri
+from amp_ray.errors import DataError, StorageError
+from amp_ray.storage.location import Location, guard, open_location
+from amp_ray.storage.quarantine import row_to_json
+from amp_ray.storage.schemas import ITEM_FIELDS, ITEMS, PREFERENCES, QUARANTINE, SCORED_CANDIDATE
+
+FORMATS = ("amp_json", "trl_dpo", "pairs")
+PAIR_MODES: dict[str, Callable[[int], list[tuple[int, int]]]] = {
+    "all": lambda k: [(i, j) for i in range(k) for j in range(i + 1, k)],
+    "best_vs_rest": lambda k: [(0, j) for j in range(1, k)],
+    "adjacent": lambda k: [(i, i + 1) for i in range(k - 1)],
+}
+EXTENSIONS = (".json", ".jsonl", ".parquet")
+EXPORT_EXTENSIONS = {"amp_json": (".json",), "trl_dpo": (".parquet",), "pairs": (".json", ".jsonl")}
+SIGNATURES = {  # the keys that tell the formats apart, for the up-front check of a file
+    "amp_json": ("image", "output_1"),
+    "trl_dpo": ("prompt", "chosen", "rejected"),
+    "pairs": ("question", "chosen", "rejected"),
+}
+ID_KEYS = ("id", "idx", "question_id")
+MAX_LEVELS = 8
+DEFAULT_TASK = "imported"
+_OUTPUT_KEY = re.compile(r"output_([1-9][0-9]*)")
+_IMAGE_TOKEN = re.compile(r"\n*<image>\n*")
+_MAGIC = {b"\x89PNG": "png", b"\xff\xd8": "jpg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp"}
+
+TEXT_BLOCK = pa.struct([("text", pa.string()), ("type", pa.string())])
+MESSAGES = pa.list_(pa.struct([("content", pa.list_(TEXT_BLOCK)), ("role", pa.string())]))
+IMAGES = pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+TRL_TYPES = {"id": pa.string(), "task": pa.string(), "images": IMAGES}
+TRL_TYPES.update(dict.fromkeys(("prompt", "chosen", "rejected"), MESSAGES))
+# HF datasets reads this schema metadata and decodes `images` as a list of Image features.
+HF_METADATA = json.dumps({"info": {"features": {"images": [{"_type": "Image"}]}}})
+
+
+class BadRow(ValueError):
+    """A record that cannot become a preference row; the message is its quarantine reason."""
+
+
+class Unreadable(BadRow):
+    """A JSONL line that is not JSON: it stands in the records, and quarantine keeps its text."""
+
+    def __init__(self, reason: str, raw: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.raw = raw
+
+
+_Reader = Callable[[Any, str], tuple[Any, str, int]]  # a turn -> (role, text, image placeholders)
+_Dialogue = tuple[list[str], list[str], int]  # (questions, answers, image placeholders)
+
+
+class _Parsed(NamedTuple):
+    image: Any  # as the record holds it: a path, bytes, or a {bytes, path} struct
+    questions: list[str]
+    levels: list[list[str]]  # per level, best first: the answer of every round
+    level_ids: list[str]
+    used: frozenset[str]  # the record keys the format consumed
+
+
+def record_to_row(fmt: str, record: Any, image_root: Location | None = None) -> dict[str, Any]:
+    """One PREFERENCES row from one record of `fmt`; raises BadRow naming what is wrong.
+
+    No I/O: relative image paths are joined to `image_root` (kept as they are without one).
+    """
+    if isinstance(record, BadRow):
+        raise record
+    if not isinstance(record, dict):
+        raise BadRow(f"the record is a {type(record).__name__}, not an object")
+    for key, value in record.items():
+        try:
+            json.dumps([key, value], ensure_ascii=False, default=lambda _: None).encode()
+        except UnicodeEncodeError:
+            raise BadRow(f"text is not valid UTF-8 (in key {_printable(str(key))!r})") from None
+    parsed = _PARSERS[fmt](record)
+    names = ["the question", *(f"the answer of {cid}" for cid in parsed.level_ids)]
+    for name, texts in zip(names, [parsed.questions, *parsed.levels], strict=True):
+        empty = [t for t, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise BadRow(f"{name} is empty in round {empty[0]}")
+    item_id, used = record_item_id(fmt, record)
+    used |= parsed.used
+    task = record.get("task")
+    if isinstance(task, str) and task.strip():
+        used |= {"task"}
+    image, path = _image_value(parsed.image)
+    if path is not None and image_root is not None and not ("://" in path or path[:1] == "/"):
+        path = image_root.join(path).uri
+    levels = [
+        level_struct(cid, fmt, k, answers)
+        for k, (cid, answers) in enumerate(zip(parsed.level_ids, parsed.levels, strict=True))
+    ]
+    extra = json.loads(row_to_json({k: v for k, v in record.items() if k not in used}))
+    rounds = zip(parsed.questions, parsed.levels[0], strict=True)
+    return {
+        "item_id": item_id,
+        "split": "preference",
+        "task": task if "task" in used else DEFAULT_TASK,
+        "image": image,
+        "image_uri": path,
+        "rounds": [{"question": q, "answer": a} for q, a in rounds],
+        "annotations": json.dumps({"format": fmt, "extra": extra}, ensure_ascii=False),
+        "levels": levels,
+        "candidates": [dict(level) for level in levels],
+        "order_changed": False,
+        "checker": fmt,
+    }
+
+
+def level_struct(candidate_id: str, fmt: str, rank: int, answers: list[str]) -> dict[str, Any]:
+    """A SCORED_CANDIDATE of an imported level: ranked by the file's order, never checked."""
+    values = [candidate_id, "import", fmt, rank, list(answers), "{}", None, None, rank]
+    return dict(zip(SCORED_CANDIDATE.names, values, strict=True))
+
+
+def record_item_id(fmt: str, record: dict[str, Any]) -> tuple[str, set[str]]:
+    """The item id (from an id key, else a content hash), and {"id"} when it used that key up.
+
+    A string `id` is the item id itself (export writes it back); other id keys and ids that are
+    not strings stay among the extra keys, so that their name and type survive a round trip.
+    """
+    for key in ID_KEYS:
+        value = record.get(key)
+        if value is not None and str(value).strip():
+            used = {"id"} if key == "id" and isinstance(value, str) else set()
+            return _printable(str(value)), used
+    canonical = json.dumps(json.loads(row_to_json(record)), sort_keys=True)
+    return f"{fmt}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}", set()
+
+
+def strip_image_token(question: str) -> str:
+    """The question without "<image>" and the newlines around it (export puts it back in front)."""
+    return _IMAGE_TOKEN.sub("", question)
+
+
+def _parse_amp_json(record: dict[str, Any]) -> _Parsed:
+    _require(record, ("image",))
+    numbers = sorted(int(m.group(1)) for key in record if (m := _OUTPUT_KEY.fullmatch(key)))
+    if len(numbers) < 2:
+        raise BadRow(f"{len(numbers)} output(s): a preference needs output_1 and output_2 at least")
+    if numbers != list(range(1, len(numbers) + 1)):
+        gap = min(set(range(1, numbers[-1] + 1)) - set(numbers))
+        raise BadRow(f"missing key 'output_{gap}': outputs are numbered output_1 ... output_K")
+    if len(numbers) > MAX_LEVELS:
+        raise BadRow(f"{len(numbers)} outputs: at most {MAX_LEVELS} levels are supported")
+    keys = [f"output_{n}" for n in numbers]
+    questions, levels = [], []
+    for key in keys:
+        asked, answers, _ = _dialogue(record[key], key, ("human", "gpt"), _llava_turn)
+        if len(answers) < len(asked):
+            raise BadRow(f"{key} ends with a human turn that has no gpt answer")
+        if levels and asked != questions:
+            raise BadRow(
+                f"human turns differ across outputs: {key} does not ask what output_1 does"
+            )
+        questions = asked
+        levels.append(answers)
+    return _Parsed(record["image"], questions, levels, keys, frozenset(["image", *keys]))
+
+
+def _dialogue(turns: Any, where: str, roles: tuple[str, str], read: _Reader) -> _Dialogue:
+    """(questions, answers, image placeholders) of alternating turns; `read` reads one turn."""
+    if not isinstance(turns, list) or not turns:
+        raise BadRow(f"{where} is not a non-empty list of turns")
+    texts: tuple[list[str], list[str]] = ([], [])
+    images = 0
+    for i, turn in enumerate(turns):
+        role, text, count = read(turn, f"{where} turn {i}")
+        if role != roles[i % 2]:
+            raise BadRow(
+                f"{where} turn {i} is from {role!r}, expected {roles[i % 2]!r} (alternation)"
+            )
+        texts[i % 2].append(text)
+        images += count
+    texts[0][0] = strip_image_token(texts[0][0])
+    return texts[0], texts[1], images
+
+
+def _llava_turn(turn: Any, where: str) -> tuple[Any, str, int]:
+    if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+        raise BadRow(f"{where} lacks 'from' or a text 'value'")
+    return turn.get("from"), turn["value"], 0
+
+
+def _trl_message(message: Any, where: str) -> tuple[Any, str, int]:
+    """(role, text, image placeholders) of one message; text blocks are joined by newlines."""
+    if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        raise BadRow(f"{where} lacks 'role' or 'content'")
+    content = message["content"]
+    if isinstance(content, str):
+        return message["role"], content, 0
+    blocks = content if isinstance(content, list) else [None]
+    kinds = [block.get("type") if isinstance(block, dict) else None for block in blocks]
+    texts = [b["text"] for b, kind in zip(blocks, kinds, strict=True) if kind == "text"]
+    if not set(kinds) <= {"image", "text"} or not all(isinstance(t, str) for t in texts):
+        raise BadRow(f"{where} has content that is neither text nor image and text blocks")
+    return message["role"], "\n".join(texts), kinds.count("image")
+
+
+def _parse_trl(record: dict[str, Any]) -> _Parsed:
+    _require(record, ("prompt", "chosen", "rejected", "images"))
+    images = record["images"]
+    if not isinstance(images, list) or len(images) != 1:
+        raise BadRow("images must be a list of one image: an amp-ray item holds exactly one")
+    prompt = record["prompt"]
+    if isinstance(prompt, str):  # TRL's plain (not conversational) rows
+        questions, history, placeholders = [strip_image_token(prompt)], [], 1
+    else:
+        roles = ("user", "assistant")
+        questions, history, placeholders = _dialogue(prompt, "prompt", roles, _trl_message)
+        if len(history) == len(questions):
+            raise BadRow("the prompt ends with an assistant turn instead of the user's question")
+    if placeholders != 1:
+        raise BadRow(f"the prompt has {placeholders} image placeholders for 1 image")
+    levels = []
+    for key in ("chosen", "rejected"):
+        value = record[key]
+        message = value[0] if isinstance(value, list) and len(value) == 1 else None
+        role, text, count = ("assistant", value, 0) if isinstance(value, str) else (None, "", 0)
+        if message is not None:
+            role, text, count = _trl_message(message, key)
+        if role != "assistant" or count:
+            raise BadRow(f"{key} must be one assistant message (or text)")
+        levels.append([*history, text])
+    keys = frozenset(["prompt", "chosen", "rejected", "images"])
+    return _Parsed(images[0], questions, levels, ["chosen", "rejected"], keys)
+
+
+def _parse_pairs(record: dict[str, Any]) -> _Parsed:
+    keys = ("image", "question", "chosen", "rejected")
+    _require(record, keys)
+    if not all(isinstance(record[key], str) for key in keys[1:]):
+        raise BadRow("question, chosen and rejected must be text")
+    levels = [[record["chosen"]], [record["rejected"]]]
+    question = strip_image_token(record["question"])
+    return _Parsed(record["image"], [question], levels, ["chosen", "rejected"], frozenset(keys))
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], _Parsed]] = {
+    "amp_json": _parse_amp_json,
+    "trl_dpo": _parse_trl,
+    "pairs": _parse_pairs,
+}
+
+
+def _require(record: dict[str, Any], keys: Sequence[str]) -> None:
+    for key in keys:
+        if record.get(key) is None:
+            raise BadRow(f"missing key {key!r}")
+
+
+def _image_value(value: Any) -> tuple[bytes | None, str | None]:
+    """(bytes, None) when the record holds the image's bytes, else (None, its path)."""
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+        value = data if isinstance(data, (bytes, bytearray)) and data else path
+    if isinstance(value, (bytes, bytearray)) and value:
+        return bytes(value), None
+    if isinstance(value, str) and value.strip():
+        return None, value
+    raise BadRow("the image is empty, or neither a path nor a {bytes, path} struct")
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class ImportResult(NamedTuple):
+    items: pa.Table  # ITEMS
+    preferences: pa.Table  # PREFERENCES
+    quarantine: pa.Table  # QUARANTINE: the bad records, each with its reason
+    rows_in: int  # records read
+
+
+def records_to_tables(
+    fmt: str,
+    records: Sequence[Any],
+    image_root: Location | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    stage: str = "data",
+    image_exists: Callable[[str], bool] | None = None,
+) -> ImportResult:
+    """Rows of the good records; bad ones (and repeated ids) go to quarantine with the reason."""
+    good, bad = [], []
+    seen: dict[str, str] = {}
+    for n, record in enumerate(records):
+        label = labels[n] if labels is not None else f"record {n}"
+        try:
+            row = record_to_row(fmt, record, image_root)
+            problem = image_bytes_problem(row["image"]) if row["image"] is not None else None
+            if row["image"] is None and image_exists and not image_exists(row["image_uri"]):
+                problem = f"image {row['image_uri']} does not exist"
+            first = seen.get(row["item_id"])
+            if problem or first:
+                raise BadRow(problem or f"duplicate item_id {row['item_id']!r} (first in {first})")
+        except BadRow as exc:
+            item_id = record_item_id(fmt, record)[0] if isinstance(record, dict) else None
+            raw = record.raw if isinstance(record, Unreadable) else record
+            reason, row_json = _printable(f"{exc} ({label})"), row_to_json(raw)
+            bad.append({"stage": stage, "item_id": item_id, "reason": reason, "row_json": row_json})
+            continue
+        seen[row["item_id"]] = label
+        good.append(row)
+    preferences = pa.Table.from_pylist(good, schema=PREFERENCES)
+    items = preferences.select(list(ITEM_FIELDS)).cast(ITEMS)
+    quarantine = pa.Table.from_pylist(bad, schema=QUARANTINE)
+    return ImportResult(items, preferences, quarantine, len(records))
+
+
+def source_files(uri: str, storage: Any = None, label: str = "") -> tuple[Location, list[Location]]:
+    """The location of `uri` and the files to import: itself, or a folder's data files."""
+    location = open_location(uri, storage)
+    if not location.exists():
+        raise StorageError(f"{label}{uri} does not exist", hint="fix data.path in the spec")
+    if not guard(location, "read", location.fs.isdir, location.path):
+        return location, [location]
+    paths = [path for path in location.list_files() if path.endswith(EXTENSIONS)]
+    files = [Location(location.fs, p) for p in paths if posixpath.basename(p)[0] not in "._"]
+    if not files:
+        raise DataError(f"{label}{uri} holds no {', '.join(EXTENSIONS)} files")
+    return location, files
+
+
+def read_records(fmt: str, file: Location) -> list[Any]:
+    """The records of a .json (array), .jsonl or .parquet file; refuses a file not of `fmt`.
+
+    Text is decoded with surrogateescape, so bytes that are not UTF-8 reach the row checks (and
+    quarantine) instead of failing the file; so do JSONL lines that are not JSON (Unreadable).
+    """
+    if file.path.endswith(".parquet"):
+        try:
+            records = pq.read_table(file.path, filesystem=file.fs).to_pylist()
+        except Exception as exc:
+            raise DataError(f"{file.uri} is not readable Parquet ({exc})") from None
+    else:
+        text = file.read_bytes().decode("utf-8", "surrogateescape")
+        if file.path.endswith(".jsonl"):
+            lines = enumerate(text.split("\n"), 1)
+            records = [_json_line(n, line) for n, line in lines if line.strip()]
+        else:
+            try:
+                records = json.loads(text)
+            except ValueError as exc:
+                raise DataError(
+                    f"{file.uri} is not JSON (use .jsonl for JSON lines): {exc}"
+                ) from None
+    if not isinstance(records, list):
+        raise DataError(f"{file.uri} holds a JSON {type(records).__name__}, not records")
+    check_signature(fmt, [set(r) if isinstance(r, dict) else set() for r in records], file.uri)
+    return records
+
+
+def _json_line(n: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        return Unreadable(f"line {n} is not JSON ({exc})", {"line": n, "text": line})
+
+
+def check_signature(fmt: str, keys_per_record: list[set[str]], where: str) -> None:
+    """Refuse a file none of whose records has the format's keys (the wrong data.source)."""
+    needed = SIGNATURES[fmt]
+    if not keys_per_record:
+        raise DataError(f"{where} holds no records")
+    if any(set(needed) <= keys for keys in keys_per_record):
+        return
+    guess = [f for f in FORMATS if any(set(SIGNATURES[f]) <= keys for keys in keys_per_record)]
+    hint = f"it looks like {guess[0]}: set data.source: {guess[0]}" if guess else None
+    raise DataError(
+        f"{where} is not {fmt}: no record has the keys {list(needed)} "
+        f"(the first has {sorted(keys_per_record[0])})",
+        hint=hint or "docs/formats.md describes amp_json, trl_dpo and pairs",
+    )
+
+
+def import_preferences(
+    fmt: str, uri: str, image_root: str | None = None, storage: Any = None
+) -> ImportResult:
+    """Import a file, or a folder of files, of `fmt`: (items, preferences, quarantine, rows_in).
+
+    Image files are only checked to exist (one stat each), never read into memory.
+    """
+    location, files = source_files(uri, storage)
+    root = open_location(image_root, storage) if image_root else image_root_for(location)
+    records, labels = [], []
+    for file in files:
+        found = read_records(fmt, file)
+        records += found
+        labels += [f"record {n} of {posixpath.basename(file.path)}" for n in range(len(found))]
+    exists = lambda uri: resolve_image_uri(uri, root).exists()  # noqa: E731
+    return records_to_tables(fmt, records, root, labels=labels, image_exists=exists)
+
+
+def annotations_extra(annotations: str | None) -> dict[str, Any]:
+    """The extra keys an import kept in annotations (none for items the run made)."""
+    try:
+        data = json.loads(annotations or "{}")
+        extra = data.get("extra") if "format" in data else None
+    except (ValueError, TypeError, AttributeError):  # not JSON, or not an object
+        return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def row_to_records(fmt: str, row: dict[str, Any], image: Any, pairs: str = "all") -> list[dict]:
+    """The records of `fmt` for one PREFERENCES row (`image`: the value to write as its image).
+
+    Pair formats expand K levels to PAIR_MODES[pairs]; BadRow when the format cannot hold the row.
+    """
+    questions = [turn["question"] for turn in row["rounds"]]
+    levels = [list(level["answers"]) for level in row["levels"]]
+    if len(levels) < 2 or any(len(answers) != len(questions) for answers in levels):
+        raise BadRow(f"{len(levels)} level(s), or a level without one answer per round")
+    extra = annotations_extra(row.get("annotations"))
+    if fmt == "amp_json":
+        if len(levels) > MAX_LEVELS:
+            raise BadRow(f"{len(levels)} levels: amp_json holds {MAX_LEVELS} at most")
+        outputs = {f"output_{k + 1}": _llava(questions, a) for k, a in enumerate(levels)}
+        return [_record(row, extra, None, {"image": image, **outputs})]
+    if fmt == "pairs" and len(questions) != 1:
+        raise BadRow(f"{len(questions)} rounds: pairs hold one; export as amp_json or trl_dpo")
+    chosen_rejected = PAIR_MODES[pairs](len(levels))
+    records = []
+    for i, j in chosen_rejected:
+        suffix = f":{i}-{j}" if len(chosen_rejected) > 1 else None
+        if fmt == "pairs":
+            body = {"image": image, "question": questions[0]}
+            body |= {"chosen": levels[i][0], "rejected": levels[j][0]}
+        else:
+            body = {"prompt": _trl_prompt(row["rounds"])}
+            body |= {"chosen": _assistant(levels[i][-1]), "rejected": _assistant(levels[j][-1])}
+            body["images"] = [image]
+        records.append(_record(row, extra, suffix, body))
+    return records
+
+
+def _record(row: dict, extra: dict, suffix: str | None, body: dict) -> dict[str, Any]:
+    """id (unless an extra id key carries it), the format's keys, task, then the extra keys."""
+    item_id = row["item_id"]
+    if suffix is not None:  # one item, several pairs: each its own id
+        record = {"id": f"{item_id}{suffix}", **body}
+    elif any(key in extra and str(extra[key]) == item_id for key in ID_KEYS):
+        record = dict(body)
+    else:
+        record = {"id": item_id, **body}
+    if row.get("task") and row["task"] != DEFAULT_TASK:
+        record["task"] = row["task"]
+    for key, value in extra.items():
+        record.setdefault(key, value)
+    return record
+
+
+def _llava(questions: list[str], answers: list[str]) -> list[dict[str, str]]:
+    turns = []
+    for t, (question, answer) in enumerate(zip(questions, answers, strict=True)):
+        value = f"<image>\n{question}" if t == 0 else question
+        turns += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
+    return turns
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"content": [{"text": text, "type": "text"}], "role": "assistant"}]
+
+
+def _trl_prompt(rounds: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The user turns, the image block in the first; earlier rounds' reference answers between."""
+    messages: list[dict[str, Any]] = []
+    for t, turn in enumerate(rounds):
+        content = [{"text": None, "type": "image"}] if t == 0 else []
+        content.append({"text": turn["question"], "type": "text"})
+        messages.append({"content": content, "role": "user"})
+        if t < len(rounds) - 1:
+            messages += _assistant(turn["answer"])
+    return messages
+
+
+@dataclass
+class ExportReport:
+    dest: str
+    items: int = 0
+    records: int = 0
+    images: set[str] = field(default_factory=set)  # files written under images/ (from bytes)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item_id, reason)
+
+
+def export_preferences(
+    table: pa.Table, fmt: str, dest: str, pairs: str = "all", storage: Any = None
+) -> ExportReport:
+    """Write PREFERENCES rows as a `fmt` file at `dest`; rows the format cannot hold are skipped."""
+    if fmt not in FORMATS or pairs not in PAIR_MODES:
+        raise DataError(f"unknown format {fmt!r} or pairs {pairs!r}: see docs/formats.md")
+    target = open_location(dest, storage)
+    if not target.path.endswith(EXPORT_EXTENSIONS[fmt]):
+        raise DataError(
+            f"{dest}: a {fmt} export is written to a {' or '.join(EXPORT_EXTENSIONS[fmt])} file",
+            hint=f"give DEST a name ending in {EXPORT_EXTENSIONS[fmt][0]}",
+        )
+    folder = Location(target.fs, posixpath.dirname(target.path))
+    report = ExportReport(target.uri)
+    records: list[dict[str, Any]] = []
+    for batch in table.to_batches():
+        for row in batch.to_pylist():
+            try:
+                image = _export_image(fmt, row, folder, report, storage)
+                records += row_to_records(fmt, row, image, pairs)
+                report.items += 1
+            except BadRow as exc:
+                report.skipped.append((row["item_id"], str(exc)))
+    if fmt == "trl_dpo":
+        buffer = pa.BufferOutputStream()
+        pq.write_table(trl_table(records), buffer)
+        data = buffer.getvalue().to_pybytes()
+    elif target.path.endswith(".jsonl"):
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    else:
+        data = (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode()
+    target.write_bytes_atomic(data)
+    report.records = len(records)
+    return report
+
+
+def _export_image(fmt: str, row: dict, folder: Location, report: ExportReport, storage: Any) -> Any:
+    """TRL: a {bytes, path} struct. JSON formats: a path (bytes go to images/ beside the file)."""
+    data, uri = row.get("image"), row.get("image_uri")
+    if data is None and not uri:
+        raise BadRow("the item has no image")
+    if fmt == "trl_dpo":
+        if data is None:
+            absolute = "://" in uri or posixpath.isabs(uri)
+            try:
+                data = (open_location(uri, storage) if absolute else folder.join(uri)).read_bytes()
+            except StorageError as exc:
+                raise BadRow(f"image {uri} cannot be read ({exc.message})") from None
+        return {"bytes": data, "path": image_file_name(data)}
+    if data is not None:
+        name = image_file_name(data)
+        if name not in report.images:
+            folder.join("images", name).write_bytes_atomic(data)
+            report.images.add(name)
+        return f"images/{name}"
+    prefix = folder.uri.rstrip("/") + "/"
+    return uri[len(prefix) :] if uri.startswith(prefix) else uri
+
+
+def image_file_name(data: bytes) -> str:
+    """A name by content (sha256): equal images share one file, and names are stable."""
+    kind = next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), "bin")
+    return f"{hashlib.sha256(data).hexdigest()[:16]}.{kind}"
+
+
+def trl_table(records: list[dict[str, Any]]) -> pa.Table:
+    """TRL records as an Arrow table in HF datasets' layout (images as a list of Image)."""
+    required = ("prompt", "chosen", "rejected", "images")
+    names = list(dict.fromkeys([*(key for r in records for key in r), *required]))
+    try:
+        columns = {n: pa.array([r.get(n) for r in records], type=TRL_TYPES.get(n)) for n in names}
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(
+            f"a column of the export mixes types ({exc})",
+            hint="the extra keys kept from an import must have one type per key",
+        ) from None
+    return pa.table(columns).replace_schema_metadata({"huggingface": HF_METADATA})
