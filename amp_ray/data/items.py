@@ -118,3 +118,13 @@ def in_fraction(item_id: str, fraction: float) -> bool:
 
     digest = hashlib.blake2b(item_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def rows_not_in(batch: pa.Table, column: str, values: frozenset[str]) -> pa.Table:
+    """The rows whose `column` is not one of `values` (e.g. items a resumed stage has done)."""
+    import pyarrow.compute as pc
+
+    if not values:
+        return batch
+    found = pc.is_in(batch.column(column), value_set=pa.array(sorted(values), pa.string()))
+    return batch.filter(pc.invert(found))

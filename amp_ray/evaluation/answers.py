@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-import torch
 
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
 from amp_ray.models.generation import answer_dialogues
-from amp_ray.models.loading import load_model, load_processor
-from amp_ray.models.store import local_model_path
-from amp_ray.runtime import torch_threads_for
+from amp_ray.models.loading import load_for_inference
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ANSWERS
@@ -31,11 +28,7 @@ class AnswerGenerator:
         num_cpus: float = 1.0,
         storage: Any = None,
     ) -> None:
-        torch.set_num_threads(torch_threads_for(num_cpus))
-        path = local_model_path(model_path, storage)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(path, dtype=dtype, device=device).eval()
-        self.processor = load_processor(path)
+        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, dtype)
         self.model_name = model_name
         self.sampling = sampling
         self.storage = storage

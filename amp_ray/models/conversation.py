@@ -50,12 +50,16 @@ def encode_conversation(
     questions: Sequence[str],
     answers: Sequence[str],
     round_weight_step: float = 0.0,
+    answer_start: str = "",
 ) -> Encoded:
     """Encode a dialogue. With one answer per question the answers are marked as responses
     (round t's tokens weigh 1 + round_weight_step·t); with one answer fewer, the sequence ends with
-    the generation prompt for the last question."""
+    the generation prompt for the last question, followed by `answer_start` (the beginning of
+    the answer that generation is to continue, as BDHS's reference-guided completion needs)."""
     if len(answers) not in (len(questions), len(questions) - 1) or not questions:
         raise DataError(f"{len(questions)} question(s) need as many answers, or one fewer")
+    if answer_start and len(answers) == len(questions):
+        raise DataError("answer_start continues an unanswered question; every one is answered")
     messages = messages_for(questions, answers)
     input_ids: list[int] = []
     weights: list[float] = []
@@ -87,6 +91,16 @@ def encode_conversation(
         weight = 0.0 if is_prompt else 1.0 + round_weight_step * ((k - 1) // 2)
         input_ids += ids
         weights += [weight] * len(ids)
+    if answer_start.strip():
+        partial = {"role": "assistant", "content": [{"type": "text", "text": answer_start}]}
+        text = processor.apply_chat_template(
+            [*messages, partial], tokenize=False, continue_final_message=True
+        )
+        if not text.startswith(rendered):
+            raise DataError("the chat template cannot continue a partial answer")
+        ids = processor.tokenizer(text[len(rendered) :], add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        weights += [0.0] * len(ids)
     return Encoded(input_ids, weights, vision)
 
 

@@ -42,6 +42,26 @@ def generation_kwargs(sampling: SamplingSpec, tokenizer: Any) -> dict[str, Any]:
     return kwargs
 
 
+_STOP_IDS: dict[tuple[int, str], set[int]] = {}
+
+
+def stop_token_ids(tokenizer: Any, stop: str) -> set[int]:
+    """Ids of the tokens whose text contains `stop`: generation ends a row on any of them.
+
+    Used instead of HF's `stop_strings`, which needs a tokenizer that can encode arbitrary
+    text (a word-level vocabulary cannot). Computed once per tokenizer (one pass over the vocab).
+    """
+    key = (id(tokenizer), stop)
+    if key not in _STOP_IDS:
+        special = set(tokenizer.all_special_ids)
+        _STOP_IDS[key] = {
+            token
+            for token in tokenizer.get_vocab().values()
+            if token not in special and stop in tokenizer.decode([token])
+        }
+    return _STOP_IDS[key]
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -49,27 +69,39 @@ def generate(
     batch: dict[str, torch.Tensor],
     sampling: SamplingSpec,
     attention_mask: torch.Tensor | None = None,
+    stop_at: str | None = None,
 ) -> list[Generated]:
     """Continue every prompt of a left-padded batch; `num_samples` results per prompt, in order.
 
     `attention_mask` overrides the batch's mask (hidden image tokens); position ids stay the
-    batch's, so hiding a token does not move the ones after it.
+    batch's, so hiding a token does not move the ones after it. `stop_at` ends each text at the
+    first occurrence of that string (kept), e.g. "." to complete one sentence.
     """
     tokenizer = processor.tokenizer
     inputs = {k: v.to(model.device) for k, v in batch.items() if k != "response_weights"}
     if attention_mask is not None:
         inputs["attention_mask"] = attention_mask.to(model.device)
-    output = model.generate(**inputs, **generation_kwargs(sampling, tokenizer))
-    new_tokens = output[:, batch["input_ids"].shape[1] :]
+    kwargs = generation_kwargs(sampling, tokenizer)
     eos = model.generation_config.eos_token_id
     end_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    stops = stop_token_ids(tokenizer, stop_at) if stop_at is not None else set()
+    if stops:
+        kwargs["eos_token_id"] = sorted(end_ids | stops)
+    output = model.generate(**inputs, **kwargs)
+    new_tokens = output[:, batch["input_ids"].shape[1] :]
     results = []
+    enders = end_ids | stops
     for row in new_tokens.tolist():
-        ended_at = next((i for i, token in enumerate(row) if token in end_ids), None)
+        ended_at = next((i for i, token in enumerate(row) if token in enders), None)
+        if ended_at is not None and row[ended_at] in stops:
+            ended_at += 1  # the stop token is part of the text
         kept = row if ended_at is None else row[:ended_at]
         kept = [token for token in kept if token != tokenizer.pad_token_id]
         text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-        results.append(Generated(text, ended_at is not None, len(kept)))
+        finished = ended_at is not None
+        if stop_at is not None and stop_at in text:
+            text, finished = text[: text.index(stop_at) + len(stop_at)], True
+        results.append(Generated(text, finished, len(kept)))
     return results
 
 

@@ -54,3 +54,28 @@ def image_token_id(model: Any, processor: Any) -> int:
         if value is not None:
             return int(value)
     return int(processor.image_token_id)
+
+
+def max_positions(model: Any) -> int | None:
+    """How many positions the language model takes (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    for part in (getattr(config, "text_config", None), config):
+        value = getattr(part, "max_position_embeddings", None)
+        if value:
+            return int(value)
+    return None
+
+
+def load_for_inference(
+    uri: str, num_cpus: float, storage: Any = None, dtype: str = "auto"
+) -> tuple[Any, Any]:
+    """(model in eval mode, processor) for a Ray Data actor: from a hub id, a path or a run's
+    model store (downloaded once per node), on the actor's GPU if it has one, with as many torch
+    threads as the CPUs the actor owns (more would oversubscribe the node)."""
+    from amp_ray.models.store import local_model_path
+    from amp_ray.runtime import torch_threads_for
+
+    torch.set_num_threads(torch_threads_for(num_cpus))
+    path = local_model_path(uri, storage)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(path, dtype=dtype, device=device).eval(), load_processor(path)

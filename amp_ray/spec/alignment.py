@@ -69,12 +69,28 @@ GeneratorName = Literal["meg", "ig", "bdhs"]
 
 
 class GenerationSpec(Block):
+    """Candidate answers for every item of `splits`, by each generator in `methods` (AMP §3.1,
+    BDHS §3.4). Each model runs in its own Ray Data actor pool of shape `actors`."""
+
     methods: list[GeneratorName] = []
+    splits: list[str] = Field(["preference"], description="item splits to generate for")
     meg: MegSpec = MegSpec()
     ig: IgSpec = IgSpec()
     bdhs: BdhsSpec = BdhsSpec()
     sampling: SamplingSpec = SamplingSpec()
     actors: ActorPoolSpec = ActorPoolSpec()
+
+    @model_validator(mode="after")
+    def _each_method_has_models(self) -> GenerationSpec:
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods {self.methods} lists a generator twice")
+        if "meg" in self.methods and not self.meg.experts:
+            raise ValueError("method meg needs meg.experts (model names, largest first)")
+        if "ig" in self.methods and not self.ig.checkpoints:
+            raise ValueError("method ig needs ig.checkpoints (model names, most data first)")
+        if "bdhs" in self.methods and not self.bdhs.rho_th:
+            raise ValueError("method bdhs needs at least one bdhs.rho_th")
+        return self
 
 
 class RankingSpec(Block):
@@ -91,6 +107,7 @@ class ReferenceSpec(Block):
     """Reference log-probs, scored once before training so training never runs the reference."""
 
     model: str | None = Field(None, description="default: the training policy's starting model")
+    micro_batch_size: PositiveInt = Field(8, description="sequences per scoring forward")
     actors: ActorPoolSpec = ActorPoolSpec()
 
 

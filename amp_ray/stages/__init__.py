@@ -2,8 +2,13 @@
 
 from amp_ray.stages.base import Stage
 from amp_ray.stages.data import DataStage
+from amp_ray.stages.generate import GenerateStage
+from amp_ray.stages.rank import RankStage
+from amp_ray.stages.reference import ReferenceStage
 from amp_ray.stages.sft import SftStage
 
-STAGES: dict[str, type[Stage]] = {stage.name: stage for stage in (DataStage, SftStage)}
+STAGES: dict[str, type[Stage]] = {
+    stage.name: stage for stage in (DataStage, SftStage, GenerateStage, RankStage, ReferenceStage)
+}
 
 __all__ = ["STAGES", "Stage"]

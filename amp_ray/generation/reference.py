@@ -1,0 +1,95 @@
+"""Reference log-probs, scored once on Ray Data so that training never holds the reference model.
+
+For every preference item and each of its K levels, log π_ref(y_k | x) is the summed (optionally
+round-weighted) response log-prob from `models/logprobs.py`, the same function training uses, over
+the same encoding (`models/conversation.py`). The K sequences of an item are scored together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from amp_ray.data.encode import load_image
+from amp_ray.errors import DataError
+from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.storage.quarantine import QUARANTINE_REASON
+from amp_ray.storage.schemas import REFERENCE_LOGPROBS
+
+SCORED_ROWS = REFERENCE_LOGPROBS.append(pa.field(QUARANTINE_REASON, pa.string()))
+
+
+class ReferenceScorer:
+    """Ray Data callable: PREFERENCES rows in, the same rows with `ref_logps` out."""
+
+    def __init__(
+        self,
+        model_name: str,
+        model_path: str,
+        round_weight_step: float,
+        max_length: int,
+        micro_batch_size: int,
+        num_cpus: float = 1.0,
+        storage: Any = None,
+        dtype: str = "auto",
+    ) -> None:
+        from amp_ray.models.loading import load_for_inference
+
+        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, dtype)
+        self.model_name = model_name
+        self.round_weight_step = round_weight_step
+        self.max_length = max_length
+        self.micro_batch_size = micro_batch_size
+        self.storage = storage
+
+    def encode_levels(self, row: dict[str, Any]) -> list[Any]:
+        image = load_image(row, self.storage)
+        questions = [turn["question"] for turn in row["rounds"]]
+        encoded = []
+        for k, level in enumerate(row["levels"]):
+            if len(level["answers"]) != len(questions):
+                raise DataError(
+                    f"level {k} has {len(level['answers'])} answers for {len(questions)} rounds"
+                )
+            sequence = encode_conversation(
+                self.processor, image, questions, level["answers"], self.round_weight_step
+            )
+            if len(sequence) > self.max_length:
+                raise DataError(
+                    f"level {k}: {len(sequence)} tokens exceed training.max_length "
+                    f"{self.max_length} (rows are dropped, never truncated)"
+                )
+            encoded.append(sequence)
+        return encoded
+
+    @torch.inference_mode()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        sequences, owners = [], []
+        for index, row in enumerate(rows):
+            row["ref_model"], row["ref_logps"], row[QUARANTINE_REASON] = self.model_name, [], None
+            try:
+                encoded = self.encode_levels(row)
+            except DataError as exc:
+                row[QUARANTINE_REASON] = exc.message
+                continue
+            sequences += encoded
+            owners += [index] * len(encoded)
+        pad = self.processor.tokenizer.pad_token_id
+        for start in range(0, len(sequences), self.micro_batch_size):
+            chunk = sequences[start : start + self.micro_batch_size]
+            inputs = collate(chunk, pad, padding_side="right")
+            inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
+            values = sequence_logprobs(self.model, inputs).double().tolist()
+            for index, value in zip(owners[start : start + len(chunk)], values, strict=True):
+                rows[index]["ref_logps"].append(value)
+        for row in rows:
+            finite = all(
+                value == value and abs(value) != float("inf") for value in row["ref_logps"]
+            )
+            if row[QUARANTINE_REASON] is None and not finite:
+                row[QUARANTINE_REASON] = "the reference log-prob is not finite"
+        return pa.Table.from_pylist(rows, schema=SCORED_ROWS)

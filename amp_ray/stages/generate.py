@@ -1,0 +1,178 @@
+"""The generate stage: candidate answers for every preference item, on chained Ray Data actor pools.
+
+Items of `generation.splits` flow through one actor pool per model: each MEG expert (largest
+first), each IG checkpoint (most data first), then the BDHS policy (one candidate per hiding
+threshold). Each pool appends its candidates to the item's row; rows are written once, at the
+end of the chain, journaled so that a killed run resumes with every item exactly once.
+Outputs: generate/candidates (CANDIDATES) and generate/quarantine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from amp_ray.data.items import rows_not_in, rows_where
+from amp_ray.errors import SpecError
+from amp_ray.models.registry import model_uri
+from amp_ray.runtime import light_map, map_with_actor_pool
+from amp_ray.spec.alignment import GenerationSpec
+from amp_ray.stages.base import Stage, StageCounts
+
+HOW_IT_RUNS = {"actors": True}
+
+
+class GenerateStage(Stage):
+    name = "generate"
+    outputs = ("candidates", "quarantine")
+
+    @property
+    def inputs(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        made_by_sft = any(name in self.spec.sft.runs for name in self.model_names())
+        return (("data", "items"),) + ((("sft", "metrics"),) if made_by_sft else ())
+
+    def bdhs_model(self) -> str | None:
+        return self.spec.generation.bdhs.model or self.spec.training.policy
+
+    def model_names(self) -> list[str]:
+        generation = self.spec.generation
+        names: list[str] = []
+        if "meg" in generation.methods:
+            names += generation.meg.experts
+        if "ig" in generation.methods:
+            names += generation.ig.checkpoints
+        bdhs = self.bdhs_model()
+        if "bdhs" in generation.methods and bdhs is not None:
+            names.append(bdhs)
+        return names
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "seed": self.spec.seed,
+            "generation": self.spec.generation.model_dump(mode="json", exclude=HOW_IT_RUNS),
+            "models": {
+                name: model_uri(self.spec, self.run_dir, name) for name in self.model_names()
+            },
+        }
+
+    def preflight(self) -> None:
+        if not self.spec.generation.methods:
+            raise SpecError(
+                "stage 'generate' has no generator: generation.methods is empty",
+                hint="choose from meg, ig, bdhs",
+            )
+        if "bdhs" in self.spec.generation.methods and self.bdhs_model() is None:
+            raise SpecError(
+                "BDHS needs a policy to hide the image from: set generation.bdhs.model "
+                "or training.policy"
+            )
+
+    def pools(self) -> list[tuple[type, tuple]]:
+        """(callable class, constructor args) of every actor pool in the chain, in order."""
+        from amp_ray.generation.bdhs import BdhsCandidates
+        from amp_ray.generation.experts import ModelCandidates
+
+        generation: GenerationSpec = self.spec.generation
+        common = (generation.actors.num_cpus, self.spec.storage, "auto", self.spec.seed)
+        pools: list[tuple[type, tuple]] = []
+        rank = 1
+        for method in generation.methods:
+            if method == "bdhs":
+                name = str(self.bdhs_model())
+                uri = model_uri(self.spec, self.run_dir, name)
+                args = (name, uri, generation.bdhs, generation.sampling, rank, *common)
+                pools.append((BdhsCandidates, args))
+                rank += len(generation.bdhs.rho_th)
+                continue
+            names = generation.meg.experts if method == "meg" else generation.ig.checkpoints
+            for name in names:
+                uri = model_uri(self.spec, self.run_dir, name)
+                args = (method, name, uri, rank, generation.sampling, *common)
+                pools.append((ModelCandidates, args))
+                rank += 1
+        return pools
+
+    def run(self) -> StageCounts:
+        import ray
+
+        from amp_ray.generation.candidates import start_candidates
+
+        pools = self.pools()
+        actors = self.spec.generation.actors
+        needed = len(pools) * actors.num_actors * actors.num_cpus
+        available = ray.cluster_resources().get("CPU", 0.0)
+        if needed > available - 1:
+            raise SpecError(
+                f"the generation chain holds {len(pools)} actor pools x {actors.num_actors} "
+                f"actor(s) x {actors.num_cpus} CPU = {needed:g} CPUs, but this Ray has "
+                f"{available:g}, and the tasks that read and write need one free",
+                hint="lower generation.actors.num_cpus (fractions are fine) or num_actors",
+            )
+        items = self.run_dir.dataset("data", "items")
+        rows_in = _count_in_splits(items, self.spec.generation.splits)
+
+        def pending(done: set[str]) -> Any:
+            blocks = max(2, 2 * len(pools) * actors.num_actors)
+            splits = functools.partial(
+                rows_where, column="split", values=tuple(self.spec.generation.splits)
+            )
+            unfinished = functools.partial(rows_not_in, column="item_id", values=frozenset(done))
+            rows = light_map(items.read_ray(override_num_blocks=blocks), splits)
+            rows = light_map(rows, unfinished)
+            # Blocks of one batch each: actors share the work evenly, and every finished batch
+            # is journaled on its own (a killed run loses at most the batches in flight).
+            rows = rows.repartition(target_num_rows_per_block=actors.batch_size)
+            rows = light_map(rows, start_candidates)
+            for fn_class, args in pools:
+                rows = map_with_actor_pool(rows, fn_class, actors, args)
+            return rows
+
+        counts = self.write_journaled(pending, "candidates", "candidates")
+        return StageCounts(rows_in, counts.rows_out, counts.rows_quarantined)
+
+    def summary(self) -> list[str]:
+        table = self.run_dir.dataset(self.name, "candidates").read_table(["candidates", "rounds"])
+        return candidates_summary(table)
+
+
+def _count_in_splits(items: Any, splits: list[str]) -> int:
+    column = items.read_table(["split"]).column("split")
+    return int(pc.sum(pc.is_in(column, value_set=pa.array(splits))).as_py() or 0)
+
+
+def candidates_summary(table: pa.Table) -> list[str]:
+    """Per source: candidates and how many differ from the reference; BDHS tries; distinct
+    answers per item."""
+    per_source: dict[str, list[int]] = {}
+    tries: list[int] = []
+    unguided = 0
+    distinct: list[int] = []
+    for row in table.to_pylist():
+        reference = [turn["answer"] for turn in row["rounds"]]
+        texts = {tuple(reference)}
+        for cand in row["candidates"]:
+            stats = per_source.setdefault(cand["source"], [0, 0])
+            stats[0] += 1
+            stats[1] += cand["answers"] != reference
+            texts.add(tuple(cand["answers"]))
+            if cand["generator"] == "bdhs":
+                info = json.loads(cand["info"])
+                tries += info["tries"]
+                unguided += sum(info["unguided"])
+        distinct.append(len(texts))
+    lines = [f"{'source':<24} {'candidates':>10} {'differ from reference':>22}"]
+    for source, (count, differ) in per_source.items():
+        lines.append(f"{source:<24} {count:>10} {differ / max(1, count):>22.2f}")
+    if distinct:
+        mean = sum(distinct) / len(distinct)
+        lines.append(f"distinct answers per item (reference included): mean {mean:.2f}")
+    if tries:
+        lines.append(
+            f"BDHS: mean tries {sum(tries) / len(tries):.2f}, "
+            f"unguided last tries {unguided / len(tries):.2f}"
+        )
+    return lines

@@ -1,0 +1,74 @@
+"""The reference stage: log π_ref of every level of every preference item, stored with the data.
+
+Reads rank/preferences (or data/preferences, for imported preference data), scores each level
+once with the reference model (by default the policy's starting model) on a Ray Data actor
+pool, journaled like generation so a killed run resumes. Outputs: reference/preferences
+(REFERENCE_LOGPROBS: the preferences plus ref_logps) and reference/quarantine.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from amp_ray.data.items import rows_not_in
+from amp_ray.errors import SpecError
+from amp_ray.models.registry import model_uri
+from amp_ray.runtime import light_map, map_with_actor_pool
+from amp_ray.spec.blocks import PREFERENCE_SOURCES
+from amp_ray.stages.base import Stage, StageCounts
+
+
+class ReferenceStage(Stage):
+    name = "reference"
+    outputs = ("preferences", "quarantine")
+
+    @property
+    def inputs(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        source = "data" if self.spec.data.source in PREFERENCE_SOURCES else "rank"
+        made_by_sft = self.reference_model() in self.spec.sft.runs
+        return ((source, "preferences"),) + ((("sft", "metrics"),) if made_by_sft else ())
+
+    def reference_model(self) -> str | None:
+        return self.spec.reference.model or self.spec.training.policy
+
+    def config(self) -> dict[str, Any]:
+        name = self.reference_model()
+        return {
+            "model": name,
+            "uri": model_uri(self.spec, self.run_dir, name) if name else None,
+            "round_weight_step": self.spec.training.round_weight_step,
+            "max_length": self.spec.training.max_length,
+        }
+
+    def preflight(self) -> None:
+        if self.reference_model() is None:
+            raise SpecError(
+                "stage 'reference' needs a reference model: set reference.model or "
+                "training.policy (the reference is the policy's starting point)"
+            )
+
+    def run(self) -> StageCounts:
+        from amp_ray.generation.reference import ReferenceScorer
+
+        name = str(self.reference_model())
+        source_stage, dataset = self.inputs[0]
+        preferences = self.run_dir.dataset(source_stage, dataset)
+        pool = self.spec.reference.actors
+        args = (
+            name,
+            model_uri(self.spec, self.run_dir, name),
+            self.spec.training.round_weight_step,
+            self.spec.training.max_length,
+            self.spec.reference.micro_batch_size,
+            pool.num_cpus,
+            self.spec.storage,
+        )
+
+        def pending(done: set[str]) -> Any:
+            unscored = functools.partial(rows_not_in, column="item_id", values=frozenset(done))
+            rows = preferences.read_ray(override_num_blocks=max(2, 4 * pool.num_actors))
+            return map_with_actor_pool(light_map(rows, unscored), ReferenceScorer, pool, args)
+
+        counts = self.write_journaled(pending, "preferences", "reference_logprobs")
+        return StageCounts(preferences.num_rows, counts.rows_out, counts.rows_quarantined)
