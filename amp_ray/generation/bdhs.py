@@ -20,7 +20,6 @@ generic (easy negatives); 50–80% conditions the prior on it (docs/world.md).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,7 +221,7 @@ class BdhsCandidates(CandidateGenerator):
         visible = (mask.bool() & is_image).sum(-1) / is_image.sum(-1).clamp(min=1)
         for k, share in zip(owners, visible.tolist(), strict=True):
             pending[k].visible.append(share)
-        torch.manual_seed(zlib.crc32(f"{self.seed}-{rho}-{attempt}".encode()))
+        torch.manual_seed(stable_seed(self.seed, "sampling", rho, attempt))
         results = generate(
             self.model,
             self.processor,

@@ -6,6 +6,7 @@ the model's own earlier answers (not the references) form the history of later r
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,8 @@ def generation_kwargs(sampling: SamplingSpec, tokenizer: Any) -> dict[str, Any]:
     return kwargs
 
 
-_STOP_IDS: dict[tuple[int, str], set[int]] = {}
+# Per tokenizer object (weakly held, so a freed tokenizer's id cannot alias a new one's).
+_STOP_IDS: weakref.WeakKeyDictionary[Any, dict[str, set[int]]] = weakref.WeakKeyDictionary()
 
 
 def stop_token_ids(tokenizer: Any, stop: str) -> set[int]:
@@ -51,15 +53,15 @@ def stop_token_ids(tokenizer: Any, stop: str) -> set[int]:
     Used instead of HF's `stop_strings`, which needs a tokenizer that can encode arbitrary
     text (a word-level vocabulary cannot). Computed once per tokenizer (one pass over the vocab).
     """
-    key = (id(tokenizer), stop)
-    if key not in _STOP_IDS:
+    known = _STOP_IDS.setdefault(tokenizer, {})
+    if stop not in known:
         special = set(tokenizer.all_special_ids)
-        _STOP_IDS[key] = {
+        known[stop] = {
             token
             for token in tokenizer.get_vocab().values()
             if token not in special and stop in tokenizer.decode([token])
         }
-    return _STOP_IDS[key]
+    return known[stop]
 
 
 @torch.inference_mode()
