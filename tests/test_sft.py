@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,6 +16,7 @@ from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import OptimizerSpec, ScalingSpec, ScheduleSpec
 from amp_ray.storage import open_location
 from amp_ray.training.launch import fit
+from amp_ray.training.optim import EngineConfig
 from amp_ray.training.sft import SftLoopConfig, sft_loop
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -26,18 +28,22 @@ def loop_config(tiny_dir: str, output: Path, steps: int, zero_stage: int = 2) ->
         output_uri=str(output),
         attempt=new_model_attempt(),
         storage=None,
-        steps=steps,
-        micro_batch_size=8,
-        gradient_accumulation_steps=2,
-        optimizer=OptimizerSpec(lr=1e-2).model_dump(),
-        schedule=ScheduleSpec(name="constant", warmup_steps=0).model_dump(),
-        max_grad_norm=1.0,
-        zero_stage=zero_stage,
-        precision="fp32",
-        checkpoint_every=4,
-        log_every=2,
-        seed=0,
-        threads=1,
+        engine=asdict(
+            EngineConfig(
+                steps=steps,
+                micro_batch_size=8,
+                gradient_accumulation_steps=2,
+                optimizer=OptimizerSpec(lr=1e-2).model_dump(),
+                schedule=ScheduleSpec(name="constant", warmup_steps=0).model_dump(),
+                max_grad_norm=1.0,
+                zero_stage=zero_stage,
+                precision="fp32",
+                checkpoint_every=4,
+                log_every=2,
+                seed=0,
+                threads=1,
+            )
+        ),
     )
 
 

@@ -38,6 +38,33 @@ def load_image(row: dict[str, Any], storage: Any = None) -> Image.Image:
         raise DataError(f"image cannot be read ({type(exc).__name__}: {exc})") from None
 
 
+def encode_levels(
+    processor: Any,
+    row: dict[str, Any],
+    round_weight_step: float,
+    max_length: int,
+    storage: Any = None,
+    levels: list[int] | None = None,
+) -> list[Encoded]:
+    """Every level of a preference row (or those at `levels`) encoded over the item's questions;
+    DataError if a level does not answer every round or is longer than `max_length`."""
+    image = load_image(row, storage)
+    questions = [turn["question"] for turn in row["rounds"]]
+    encoded = []
+    for k in levels if levels is not None else range(len(row["levels"])):
+        answers = row["levels"][k]["answers"]
+        if len(answers) != len(questions):
+            raise DataError(f"level {k} has {len(answers)} answers for {len(questions)} rounds")
+        sequence = encode_conversation(processor, image, questions, answers, round_weight_step)
+        if len(sequence) > max_length:
+            raise DataError(
+                f"level {k}: {len(sequence)} tokens exceed training.max_length {max_length} "
+                "(rows are dropped, never truncated)"
+            )
+        encoded.append(sequence)
+    return encoded
+
+
 class ItemEncoder:
     """Ray Data callable: item rows (ITEMS schema) in, encoded conversations out.
 

@@ -12,9 +12,9 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from amp_ray.data.encode import load_image
+from amp_ray.data.encode import encode_levels
 from amp_ray.errors import DataError
-from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import REFERENCE_LOGPROBS
@@ -45,26 +45,6 @@ class ReferenceScorer:
         self.micro_batch_size = micro_batch_size
         self.storage = storage
 
-    def encode_levels(self, row: dict[str, Any]) -> list[Any]:
-        image = load_image(row, self.storage)
-        questions = [turn["question"] for turn in row["rounds"]]
-        encoded = []
-        for k, level in enumerate(row["levels"]):
-            if len(level["answers"]) != len(questions):
-                raise DataError(
-                    f"level {k} has {len(level['answers'])} answers for {len(questions)} rounds"
-                )
-            sequence = encode_conversation(
-                self.processor, image, questions, level["answers"], self.round_weight_step
-            )
-            if len(sequence) > self.max_length:
-                raise DataError(
-                    f"level {k}: {len(sequence)} tokens exceed training.max_length "
-                    f"{self.max_length} (rows are dropped, never truncated)"
-                )
-            encoded.append(sequence)
-        return encoded
-
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -72,7 +52,9 @@ class ReferenceScorer:
         for index, row in enumerate(rows):
             row["ref_model"], row["ref_logps"], row[QUARANTINE_REASON] = self.model_name, [], None
             try:
-                encoded = self.encode_levels(row)
+                encoded = encode_levels(
+                    self.processor, row, self.round_weight_step, self.max_length, self.storage
+                )
             except DataError as exc:
                 row[QUARANTINE_REASON] = exc.message
                 continue

@@ -40,10 +40,36 @@ def load_model(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
+            target_modules=language_model_modules(model, lora.target_modules),
         )
         model = get_peft_model(model, config)
     return model.to(device)
+
+
+def language_model_modules(model: Any, names: list[str]) -> list[str]:
+    """Full names of the language model's modules called one of `names`: LoRA goes there only.
+    The vision tower has q/k/v projections too, and AMP's recipe leaves it frozen."""
+    decoder = model.get_decoder()
+    prefix = next(name for name, module in model.named_modules() if module is decoder)
+    found = [
+        name
+        for name, _ in model.named_modules()
+        if name.startswith(f"{prefix}.") and name.rsplit(".", 1)[-1] in names
+    ]
+    if not found:
+        raise ValueError(f"no module of the language model is named one of {names}")
+    return found
+
+
+def freeze_all_but_language_model(model: Any) -> int:
+    """Freeze the vision tower and the projector (every parameter outside the language model
+    and the output head); returns how many parameters stay trainable."""
+    keep = {id(p) for p in model.get_decoder().parameters()}
+    keep |= {id(p) for p in model.get_output_embeddings().parameters()}
+    for parameter in model.parameters():
+        if id(parameter) not in keep:
+            parameter.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def image_token_id(model: Any, processor: Any) -> int:

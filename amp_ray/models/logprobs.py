@@ -15,9 +15,14 @@ import torch
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log π(token_t | tokens_<t) for t = 1..T−1, computed without a full log-softmax copy."""
-    shifted = logits[:, :-1].float()
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    return shifted.gather(-1, targets).squeeze(-1) - shifted.logsumexp(-1)
+    return picked_logprobs(logits[:, :-1], input_ids[:, 1:])
+
+
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] at every position, in float32 at least (bf16 logits would
+    round the log-probs that DPO subtracts from each other)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 def sequence_logprobs(

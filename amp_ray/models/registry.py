@@ -15,11 +15,14 @@ T = TypeVar("T")
 def model_uri(spec: JobSpec, run_dir: RunDir, name: str) -> str:
     """The reference `local_model_path` resolves for model `name`.
 
-    An SFT run's output lives at <run_dir>/sft/models/<name>; a tiny model is built by the SFT
+    An SFT run's output lives at <run_dir>/sft/models/<name>, the trained policy at
+    <run_dir>/train/models/<training.name>; a tiny model is built by the SFT
     stage at <run_dir>/sft/init/<name>; any other model is its `path` (hub id, directory, s3://).
     """
     if name in spec.sft.runs:
         return run_dir.location.join("sft", "models", name).uri
+    if name == spec.training.name:
+        return run_dir.location.join("train", "models", name).uri
     model = spec.models[name]
     if model.path is not None:
         return model.path

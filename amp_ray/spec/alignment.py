@@ -122,6 +122,17 @@ class PenaltySpec(Block):
 
 
 LossName = Literal["mdpo", "mdpo_naive", "dpo", "ipo", "slic", "mixed_dpo", "avg_dpo", "sft"]
+# how many levels each loss takes (None: any K ≥ 2)
+LOSS_LEVELS: dict[str, int | None] = {
+    "mdpo": None,
+    "mdpo_naive": None,
+    "sft": None,
+    "dpo": 2,
+    "ipo": 2,
+    "slic": 2,
+    "mixed_dpo": 3,
+    "avg_dpo": 3,
+}
 
 
 class TrainingSpec(Block):
@@ -130,8 +141,18 @@ class TrainingSpec(Block):
     policy: str | None = Field(None, description="model name to start from")
     loss: LossName = "mdpo"
     beta: PositiveFloat = 0.1
-    num_levels: NumLevels = 4
+    num_levels: NumLevels = Field(4, description="levels per item in the data (checked)")
+    levels: list[NonNegativeInt] | None = Field(
+        None, description="the data levels to train on, best first; default all (DPO: [0, K-1])"
+    )
     penalty: PenaltySpec = PenaltySpec()
+    gamma: Probability = Field(0.5, description="Avg-DPO's weight on the offline pair")
+    reference: Literal["precomputed", "in_loop"] = Field(
+        "precomputed", description="read ref_logps from the reference stage, or run the reference"
+    )
+    forward: Literal["shared_prefix", "full"] = Field(
+        "shared_prefix", description="one image prefix for the K levels, or K full sequences"
+    )
     round_weight_step: NonNegativeFloat = Field(
         0.0, description="dialogue round t's tokens weigh 1 + step·t (AMP's code: 0.05)"
     )
@@ -148,7 +169,43 @@ class TrainingSpec(Block):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
     scaling: ScalingSpec = ScalingSpec()
     checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 10
     max_length: PositiveInt = 2048
+    encode_actors: ActorPoolSpec = ActorPoolSpec(batch_size=64)
+    name: str = Field(
+        "aligned",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the trained model's name (train/models/<name>)",
+    )
+
+    @property
+    def trained_levels(self) -> list[int]:
+        return self.levels if self.levels is not None else list(range(self.num_levels))
+
+    @model_validator(mode="after")
+    def _levels_fit_the_loss(self) -> TrainingSpec:
+        levels = self.trained_levels
+        if len(set(levels)) != len(levels) or levels != sorted(levels):
+            raise ValueError(f"levels {levels} must be distinct and best first (increasing)")
+        if max(levels) >= self.num_levels or len(levels) < 2:
+            raise ValueError(
+                f"levels {levels} must name at least 2 of the data's num_levels "
+                f"{self.num_levels} levels (0 .. {self.num_levels - 1})"
+            )
+        wanted = LOSS_LEVELS[self.loss]
+        if wanted is not None and len(levels) != wanted:
+            hint = f"; for example levels: [0, {self.num_levels - 1}]" if wanted == 2 else ""
+            raise ValueError(
+                f"loss {self.loss} takes {wanted} levels per item, training on {len(levels)}{hint}"
+            )
+        if self.gradient_checkpointing and self.forward == "shared_prefix":
+            raise ValueError(
+                "gradient_checkpointing needs forward: full (transformers drops the KV cache "
+                "that the shared-prefix forward is built on)"
+            )
+        if self.lora is not None and self.deepspeed.zero_stage == 3:
+            raise ValueError("lora with deepspeed.zero_stage 3 is not supported: use stage 2")
+        return self
 
 
 class SweepSpec(Block):

@@ -193,6 +193,9 @@ class LoraSpec(Block):
         "up_proj",
         "down_proj",
     ]
+    export: Literal["merged", "adapter"] = Field(
+        "merged", description="save the merged model, or the adapter alone (peft format)"
+    )
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]

@@ -64,6 +64,11 @@ class JobSpec(Block):
         clash = sorted(set(self.models) & set(self.sft.runs))
         if clash:
             raise ValueError(f"names {clash} are used both in models and in sft.runs")
+        if self.training.name in set(self.models) | set(self.sft.runs):
+            raise ValueError(
+                f"training.name {self.training.name!r} is already a model or an SFT run; "
+                "the trained policy needs a name of its own"
+            )
         known = set(self.models) | set(self.sft.runs)
         for where, name in self.model_references():
             if name not in known:

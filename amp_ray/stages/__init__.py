@@ -6,9 +6,11 @@ from amp_ray.stages.generate import GenerateStage
 from amp_ray.stages.rank import RankStage
 from amp_ray.stages.reference import ReferenceStage
 from amp_ray.stages.sft import SftStage
+from amp_ray.stages.train import TrainStage
 
 STAGES: dict[str, type[Stage]] = {
-    stage.name: stage for stage in (DataStage, SftStage, GenerateStage, RankStage, ReferenceStage)
+    stage.name: stage
+    for stage in (DataStage, SftStage, GenerateStage, RankStage, ReferenceStage, TrainStage)
 }
 
 __all__ = ["STAGES", "Stage"]

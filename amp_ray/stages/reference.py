@@ -67,8 +67,10 @@ class ReferenceStage(Stage):
 
         def pending(done: set[str]) -> Any:
             unscored = functools.partial(rows_not_in, column="item_id", values=frozenset(done))
-            rows = preferences.read_ray(override_num_blocks=max(2, 4 * pool.num_actors))
-            return map_with_actor_pool(light_map(rows, unscored), ReferenceScorer, pool, args)
+            rows = light_map(preferences.read_ray(), unscored)
+            # blocks of one batch each: every actor gets work and each batch is journaled alone
+            rows = rows.repartition(target_num_rows_per_block=pool.batch_size)
+            return map_with_actor_pool(rows, ReferenceScorer, pool, args)
 
         counts = self.write_journaled(pending, "preferences", "reference_logprobs")
         return StageCounts(preferences.num_rows, counts.rows_out, counts.rows_quarantined)

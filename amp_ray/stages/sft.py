@@ -14,6 +14,7 @@ import functools
 import hashlib
 import tempfile
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from amp_ray.runtime import (
     concurrent_pools,
     light_map,
     map_with_actor_pool,
-    torch_threads_for,
 )
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.stages.base import Stage, StageCounts
@@ -154,9 +154,10 @@ class SftStage(Stage):
             groups.setdefault(self._processor_key(name), root_model(self.spec, name))
         pool = self.spec.sft.encode_actors
         sft_items = light_map(
-            items.read_ray(override_num_blocks=4 * pool.num_actors),
-            functools.partial(rows_where, column="split", values=("sft",)),
+            items.read_ray(), functools.partial(rows_where, column="split", values=("sft",))
         )
+        # blocks of a few batches each, so that every actor of the pool gets work
+        sft_items = sft_items.repartition(target_num_rows_per_block=4 * pool.batch_size)
         encoded = {}
         for key, root in groups.items():
             processor = model_uri(self.spec, self.run_dir, root)
@@ -175,6 +176,7 @@ class SftStage(Stage):
     def _train(self, name: str, encoded: Any) -> int:
         """Train run `name` unless its model is committed with the same settings; rows used."""
         from amp_ray.training.launch import fit
+        from amp_ray.training.optim import EngineConfig
         from amp_ray.training.sft import SftLoopConfig, sft_loop
 
         run = self.spec.sft.runs[name]
@@ -187,23 +189,13 @@ class SftStage(Stage):
         if committed_model(location) and _model_settings(location) == settings and not self.force:
             return train.count()
         attempt = new_model_attempt()
+        seed = self.spec.seed + zlib.crc32(name.encode())
         config = SftLoopConfig(
             init_path=model_uri(self.spec, self.run_dir, run.init),
             output_uri=location.uri,
             attempt=attempt,
             storage=self.spec.storage.model_dump(),
-            steps=run.steps,
-            micro_batch_size=sft.micro_batch_size,
-            gradient_accumulation_steps=sft.gradient_accumulation_steps,
-            optimizer=sft.optimizer.model_dump(),
-            schedule=sft.schedule.model_dump(),
-            max_grad_norm=sft.max_grad_norm,
-            zero_stage=sft.deepspeed.zero_stage,
-            precision=sft.precision,
-            checkpoint_every=sft.checkpoint_every,
-            log_every=sft.log_every,
-            seed=self.spec.seed + zlib.crc32(name.encode()),
-            threads=torch_threads_for(sft.scaling.cpus_per_worker),
+            engine=asdict(EngineConfig.from_block(sft, run.steps, seed)),
         )
         storage = self.run_dir.location.join(self.name, "ray")
         result = fit(sft_loop, config.to_dict(), {"train": train}, sft.scaling, name, storage)

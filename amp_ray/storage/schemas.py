@@ -139,6 +139,16 @@ QUARANTINE = pa.schema(
     metadata={"doc": "<stage>/quarantine: rows a stage could not use, with the reason"},
 )
 
+TRAINING_LOG = pa.schema(
+    [
+        _col("model", pa.string(), "the model being trained", nullable=False),
+        _col("step", pa.int64(), "the optimizer step the window ends at", nullable=False),
+        _col("metric", pa.string(), "loss, accuracy/0-1, margin/0-1, grad_norm, lr, ..."),
+        _col("value", pa.float64(), "the metric, averaged over the window and the workers"),
+    ],
+    metadata={"doc": "train/log: every logged training window's metrics, one value per row"},
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "candidates": CANDIDATES,
@@ -146,6 +156,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "reference_logprobs": REFERENCE_LOGPROBS,
     "answers": ANSWERS,
     "metrics": METRICS,
+    "training_log": TRAINING_LOG,
     "quarantine": QUARANTINE,
 }
 

@@ -17,16 +17,24 @@ def fit(
     name: str,
     storage: Location,
     max_failures: int = 2,
+    unsplit: bool = False,
 ) -> Any:
     """Run `loop` on `scaling.num_workers` Ray Train workers; returns the ray.train Result.
 
     Checkpoints go to `storage/name`. Re-running with the same name and storage resumes from the
     latest checkpoint there (Train V2 has no resume_from_checkpoint argument); a worker that dies
-    is restarted from it up to `max_failures` times.
+    is restarted from it up to `max_failures` times. `unsplit`: every worker reads each dataset
+    whole, in its stored order (training/batches.py derives one global order from it).
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    dataset_config = None
+    if unsplit:
+        dataset_config = DataConfig(
+            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
+        )
     resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
     if scaling.gpus_per_worker:
         resources["GPU"] = scaling.gpus_per_worker
@@ -39,6 +47,7 @@ def fit(
             resources_per_worker=resources,
         ),
         datasets=datasets,
+        dataset_config=dataset_config,
         run_config=RunConfig(
             name=name,
             storage_path=storage.path,

@@ -4,11 +4,51 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The optimisation settings every training loop shares; the sft and training blocks of the
+    spec name them alike (`from_block`)."""
+
+    steps: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    optimizer: dict[str, Any]  # OptimizerSpec fields
+    schedule: dict[str, Any]  # ScheduleSpec fields
+    max_grad_norm: float
+    zero_stage: int
+    precision: str
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    threads: int  # torch threads: the CPUs the worker owns
+
+    @classmethod
+    def from_block(cls, block: Any, steps: int, seed: int) -> EngineConfig:
+        """From a spec block with the shared names (SftSpec, TrainingSpec)."""
+        from amp_ray.runtime import torch_threads_for
+
+        return cls(
+            steps=steps,
+            micro_batch_size=block.micro_batch_size,
+            gradient_accumulation_steps=block.gradient_accumulation_steps,
+            optimizer=block.optimizer.model_dump(),
+            schedule=block.schedule.model_dump(),
+            max_grad_norm=block.max_grad_norm,
+            zero_stage=block.deepspeed.zero_stage,
+            precision=block.precision,
+            checkpoint_every=block.checkpoint_every,
+            log_every=block.log_every,
+            seed=seed,
+            threads=torch_threads_for(block.scaling.cpus_per_worker),
+        )
 
 
 def make_optimizer(

@@ -14,7 +14,8 @@ import torch
 
 from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
-from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec, StorageSpec
+from amp_ray.spec.blocks import StorageSpec
+from amp_ray.training.optim import EngineConfig
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,7 @@ class SftLoopConfig:
     output_uri: str  # model store location; the model goes under output_uri/attempt
     attempt: str
     storage: dict[str, Any] | None  # StorageSpec fields, for s3 options
-    steps: int
-    micro_batch_size: int
-    gradient_accumulation_steps: int
-    optimizer: dict[str, Any]
-    schedule: dict[str, Any]
-    max_grad_norm: float
-    zero_stage: int
-    precision: str
-    checkpoint_every: int
-    log_every: int
-    seed: int
-    threads: int
+    engine: dict[str, Any]  # EngineConfig fields
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,37 +52,28 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
     )
 
     cfg = SftLoopConfig(**config)
-    torch.set_num_threads(cfg.threads)
+    opt = EngineConfig(**cfg.engine)
+    torch.set_num_threads(opt.threads)
     rank = ray.train.get_context().get_world_rank()
-    seed_everything(cfg.seed + rank)
+    seed_everything(opt.seed + rank)
     storage = StorageSpec(**cfg.storage) if cfg.storage else None
     path = local_model_path(cfg.init_path, storage)
     processor = load_processor(path)
     device = ray.train.torch.get_device()
-    dtype = "bfloat16" if cfg.precision == "bf16" else "float32"
+    dtype = "bfloat16" if opt.precision == "bf16" else "float32"
     model = load_model(path, dtype=dtype, device=device)
     params = sum(p.numel() for p in model.parameters())
-    engine = build_engine(
-        model,
-        OptimizerSpec(**cfg.optimizer),
-        ScheduleSpec(**cfg.schedule),
-        cfg.steps,
-        cfg.micro_batch_size,
-        cfg.gradient_accumulation_steps,
-        cfg.max_grad_norm,
-        cfg.zero_stage,
-        cfg.precision,
-    )
+    engine = build_engine(model, opt)
     step = start_step = restore_checkpoint(engine)
     history: list[dict[str, float]] = []
     batches = length_bucketed(
-        ray.train.get_dataset_shard("train"), cfg.micro_batch_size, cfg.seed + 1000 * rank + step
+        ray.train.get_dataset_shard("train"), opt.micro_batch_size, opt.seed + 1000 * rank + step
     )
     pad = processor.tokenizer.pad_token_id
     window = dict.fromkeys(("loss", "tokens", "seconds", "data_seconds", "steps"), 0.0)
-    while step < cfg.steps:
+    while step < opt.steps:
         started = time.perf_counter()
-        for _ in range(cfg.gradient_accumulation_steps):
+        for _ in range(opt.gradient_accumulation_steps):
             waited = time.perf_counter()
             batch = {k: v.to(device) for k, v in collate(next(batches), pad, "right").items()}
             window["data_seconds"] += time.perf_counter() - waited
@@ -100,12 +81,12 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
             loss = -sequence_logprobs(engine, batch).sum() / tokens
             engine.backward(loss)
             engine.step()
-            window["loss"] += loss.item() / cfg.gradient_accumulation_steps
+            window["loss"] += loss.item() / opt.gradient_accumulation_steps
             window["tokens"] += float(batch["attention_mask"].sum())
         step += 1
         window["seconds"] += time.perf_counter() - started
         window["steps"] += 1
-        if step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % opt.log_every == 0 or step % opt.checkpoint_every == 0 or step == opt.steps:
             metrics = {
                 "step": step,
                 "loss": window["loss"] / window["steps"],
@@ -118,9 +99,9 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
             }
             history.append(metrics)
             window = dict.fromkeys(window, 0.0)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % opt.checkpoint_every == 0 or step == opt.steps:
                 save_checkpoint(engine, step, metrics)
             else:
                 ray.train.report(metrics)
-    export_model(engine, processor, cfg.zero_stage, cfg.output_uri, cfg.attempt, storage)
+    export_model(engine, processor, opt.zero_stage, cfg.output_uri, cfg.attempt, storage)
     return {"start_step": start_step, "history": history}

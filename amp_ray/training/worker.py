@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,32 +18,27 @@ from amp_ray.models.conversation import Encoded
 from amp_ray.models.store import upload_model_dir
 from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
 from amp_ray.storage.location import open_location
-from amp_ray.training.optim import deepspeed_config, lr_factor, make_optimizer
+from amp_ray.training.optim import EngineConfig, deepspeed_config, lr_factor, make_optimizer
 
 CHECKPOINT_TAG = "checkpoint"
 
 
-def build_engine(
-    model: torch.nn.Module,
-    optimizer: OptimizerSpec,
-    schedule: ScheduleSpec,
-    total_steps: int,
-    micro_batch_size: int,
-    gradient_accumulation_steps: int,
-    max_grad_norm: float,
-    zero_stage: int,
-    precision: str,
-) -> Any:
+def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> Any:
     """A DeepSpeed engine over `model` with a torch AdamW and a warm-up schedule.
 
     On CPU DeepSpeed uses its cpu accelerator and the gloo group Ray Train set up; on GPUs NCCL.
     """
     import deepspeed
 
-    torch_optimizer = make_optimizer(model.parameters(), optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, lr_factor(schedule, total_steps))
+    torch_optimizer = make_optimizer(model.parameters(), OptimizerSpec(**cfg.optimizer))
+    schedule = lr_factor(ScheduleSpec(**cfg.schedule), cfg.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, schedule)
     config = deepspeed_config(
-        micro_batch_size, gradient_accumulation_steps, max_grad_norm, zero_stage, precision
+        cfg.micro_batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.max_grad_norm,
+        cfg.zero_stage,
+        cfg.precision,
     )
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=torch_optimizer, lr_scheduler=scheduler, config=config
@@ -94,13 +90,28 @@ def make_batches(
     return batches
 
 
-def save_checkpoint(engine: Any, step: int, metrics: dict[str, Any]) -> None:
-    """Every rank saves its DeepSpeed shard; Ray Train merges them into one checkpoint."""
+def save_checkpoint(
+    engine: Any, step: int, metrics: dict[str, Any], files: dict[str, str] | None = None
+) -> None:
+    """Every rank saves its DeepSpeed shard; Ray Train merges them into one checkpoint.
+    Rank 0 adds `files` (name -> text), such as the metrics history, for the driver to read."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as directory:
         engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
+        if ray.train.get_context().get_world_rank() == 0:
+            for name, text in (files or {}).items():
+                Path(directory, name).write_text(text)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def checkpoint_file(checkpoint: Any, name: str) -> str | None:
+    """The text of file `name` in a Ray Train checkpoint (None if there is none, or no file)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        path = Path(directory, name)
+        return path.read_text() if path.exists() else None
 
 
 def restore_checkpoint(engine: Any) -> int:
@@ -116,17 +127,37 @@ def restore_checkpoint(engine: Any) -> int:
 
 
 def export_model(
-    engine: Any, processor: Any, zero_stage: int, output_uri: str, attempt: str, storage: Any
+    engine: Any,
+    processor: Any,
+    zero_stage: int,
+    output_uri: str,
+    attempt: str,
+    storage: Any,
+    model: Any = None,
+    adapter_base: str | None = None,
 ) -> None:
-    """Save the trained model and its processor in HF format under `output_uri/attempt`.
+    """Save the trained model (`engine.module` unless `model` names the HF model inside it) and
+    its processor in HF format under `output_uri/attempt`. A peft model is saved merged, or as
+    its adapter alone when `adapter_base` (the base model's URI) is given.
 
     Call on every rank: with ZeRO-3 the parameters are gathered collectively; rank 0 writes.
     """
     import deepspeed
     import ray.train
 
-    model = engine.module
+    model = engine.module if model is None else model
     rank = ray.train.get_context().get_world_rank()
+    if hasattr(model, "peft_config"):
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                if adapter_base is not None:
+                    model.peft_config["default"].base_model_name_or_path = adapter_base
+                    model.save_pretrained(directory)
+                else:
+                    model.merge_and_unload().save_pretrained(directory)
+                processor.save_pretrained(directory)
+                upload_model_dir(directory, open_location(output_uri, storage), attempt)
+        return
     state: dict[str, torch.Tensor] | None = None
     if zero_stage == 3:
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):

@@ -1,0 +1,123 @@
+"""Preference rows to training inputs: the K levels of each item encoded, with their reference
+log-probs, as a Ray Data callable that loads the processor once per actor.
+
+Rows training must not see are marked with the reason, for quarantine, never silently dropped or
+truncated: fewer than two levels, a level index the spec asks for that the item lacks, missing or
+non-finite reference log-probs (or a count that differs from the levels), a level longer than
+training.max_length, an image that cannot be read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from amp_ray.data.encode import encode_levels, pack_vision, unpack_vision
+from amp_ray.errors import DataError
+from amp_ray.models.conversation import Encoded
+from amp_ray.models.store import local_model_path
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json
+
+ENCODED_LEVELS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("input_ids", pa.list_(pa.list_(pa.int32()))),  # one token list per level, best first
+        ("response_weights", pa.list_(pa.list_(pa.float32()))),
+        ("vision", pa.binary()),  # the image inputs, once per item (every level shares them)
+        ("ref_logps", pa.list_(pa.float64())),  # empty when the reference runs in the loop
+        (QUARANTINE_REASON, pa.string()),
+        (ROW_JSON, pa.string()),
+    ]
+)
+
+
+@dataclass
+class LevelItem:
+    """One item for the training loop: its K encoded levels and their reference log-probs."""
+
+    item_id: str
+    levels: list[Encoded]
+    ref_logps: list[float]
+
+
+def check_reference(row: dict[str, Any], selected: list[int]) -> list[float]:
+    """The reference log-probs of the selected levels; DataError if any is missing or not finite."""
+    values = row.get("ref_logps")
+    if values is None:
+        raise DataError("no ref_logps: run the reference stage, or set training.reference: in_loop")
+    if len(values) != len(row["levels"]):
+        raise DataError(f"{len(values)} ref_logps for {len(row['levels'])} levels")
+    chosen = [values[k] for k in selected]
+    if any(value is None or not math.isfinite(value) for value in chosen):
+        raise DataError("a reference log-prob is missing or not finite")
+    return chosen
+
+
+class LevelEncoder:
+    """Ray Data callable: preference rows (PREFERENCES or REFERENCE_LOGPROBS) in, ENCODED_LEVELS
+    rows out: of items with `num_levels` levels, those at `levels`, with their ref_logps if
+    `need_reference`."""
+
+    def __init__(
+        self,
+        processor_path: str,
+        max_length: int,
+        round_weight_step: float,
+        num_levels: int,
+        levels: list[int],
+        need_reference: bool,
+        storage: Any = None,
+    ) -> None:
+        from amp_ray.models.loading import load_processor
+
+        self.processor = load_processor(local_model_path(processor_path, storage))
+        self.max_length = max_length
+        self.round_weight_step = round_weight_step
+        self.num_levels = num_levels
+        self.levels = levels
+        self.need_reference = need_reference
+        self.storage = storage
+
+    def encode(self, row: dict[str, Any]) -> tuple[list[Encoded], list[float]]:
+        count = len(row.get("levels") or [])
+        if count < 2:
+            raise DataError(f"only {count} level(s); preference training needs at least 2")
+        if count != self.num_levels:
+            raise DataError(f"{count} levels where training.num_levels is {self.num_levels}")
+        reference = check_reference(row, self.levels) if self.need_reference else []
+        encoded = encode_levels(
+            self.processor, row, self.round_weight_step, self.max_length, self.storage, self.levels
+        )
+        return encoded, reference
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        columns: dict[str, list[Any]] = {name: [] for name in ENCODED_LEVELS.names}
+        for row in batch.to_pylist():
+            try:
+                (levels, reference), reason = self.encode(row), None
+            except DataError as exc:
+                (levels, reference), reason = ([], []), exc.message
+            columns["item_id"].append(row["item_id"])
+            columns["input_ids"].append([level.input_ids for level in levels])
+            columns["response_weights"].append([level.response_weights for level in levels])
+            columns["vision"].append(pack_vision(levels[0].vision) if levels else None)
+            columns["ref_logps"].append(reference)
+            columns[QUARANTINE_REASON].append(reason)
+            columns[ROW_JSON].append(None if reason is None else row_to_json(row))
+        return pa.Table.from_pydict(columns, schema=ENCODED_LEVELS)
+
+
+def level_items(batch: pa.Table) -> list[LevelItem]:
+    """`LevelEncoder` rows back as `LevelItem`s, for `models.levels.collate_levels`."""
+    items = []
+    for row in batch.to_pylist():
+        vision = unpack_vision(row["vision"])
+        levels = [
+            Encoded(ids, weights, vision)
+            for ids, weights in zip(row["input_ids"], row["response_weights"], strict=True)
+        ]
+        items.append(LevelItem(row["item_id"], levels, row["ref_logps"]))
+    return items

@@ -1,0 +1,132 @@
+"""Log-probs of the K responses of an item in one batched forward, sharing the image prefix.
+
+The K responses of a preference item share the image and the prompt, and on real models the
+image prefix is most of the sequence (LLaVA-1.5: 576 image tokens against ~100 response tokens).
+`LevelScorer` runs that prefix once per item with a KV cache, repeats the cache for the K rows
+(`DynamicCache.batch_repeat_interleave`), and runs the K right-padded responses on top of it;
+gradients flow back through the repeated cache into the prefix and the vision tower. The first
+response token's log-prob comes from the prefix's last logits. `mode="full"` scores K full
+sequences instead (AMP's design, and the path under gradient checkpointing, which drops the
+cache); tests/test_levels.py checks that both give the same log-probs and gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from amp_ray.errors import DataError
+from amp_ray.models.conversation import Encoded, collate, positions_from_mask
+from amp_ray.models.logprobs import picked_logprobs, sequence_logprobs
+
+
+def shared_prefix_length(levels: Sequence[Encoded]) -> int:
+    """Tokens every level shares, cut before the first response token of any level."""
+    first = levels[0].input_ids
+    length = min(len(level) for level in levels)
+    for level in levels:
+        weighted = next((t for t, w in enumerate(level.response_weights) if w), len(level))
+        length = min(length, weighted)
+        same = next((t for t in range(length) if level.input_ids[t] != first[t]), length)
+        length = min(length, same)
+    if length == 0:
+        raise DataError("the levels of an item share no prompt tokens")
+    return length
+
+
+def collate_levels(
+    items: Sequence[Sequence[Encoded]], pad_token_id: int, mode: str = "shared"
+) -> dict[str, torch.Tensor]:
+    """A batch of B items with K levels each, for `LevelScorer`.
+
+    shared: prefix_* [B, P] left-padded (the last prefix token sits at P−1 in every row),
+    response_* [B·K, R] right-padded, the vision inputs once per item. full: the B·K full
+    sequences right-padded (`conversation.collate`), the vision inputs repeated K times.
+    Both carry `response_lengths` [B, K], each response's count of scored tokens.
+    """
+    num_levels = len(items[0])
+    if any(len(levels) != num_levels for levels in items):
+        raise DataError("every item of a batch needs the same number of levels")
+    lengths = torch.tensor(
+        [[sum(1 for w in level.response_weights if w) for level in levels] for levels in items],
+        dtype=torch.float32,
+    )
+    if mode == "full":
+        batch = collate([level for levels in items for level in levels], pad_token_id, "right")
+        return {**batch, "response_lengths": lengths}
+    if mode != "shared":
+        raise ValueError(f"unknown scoring mode {mode!r}; use shared or full")
+    prefixes, responses = [], []
+    for levels in items:
+        cut = shared_prefix_length(levels)
+        prefixes.append(Encoded(levels[0].input_ids[:cut], [0.0] * cut, levels[0].vision))
+        responses += [
+            Encoded(level.input_ids[cut:], level.response_weights[cut:]) for level in levels
+        ]
+    prefix = collate(prefixes, pad_token_id, "left")
+    response = collate(responses, pad_token_id, "right")
+    batch = {f"prefix_{key}": prefix.pop(key) for key in ("input_ids", "attention_mask")}
+    batch.update(prefix)  # the vision inputs
+    batch.pop("position_ids")
+    batch.pop("response_weights")
+    batch["response_input_ids"] = response["input_ids"]
+    batch["response_attention_mask"] = response["attention_mask"]
+    batch["response_weights"] = response["response_weights"]
+    batch["response_lengths"] = lengths
+    return batch
+
+
+class LevelScorer(torch.nn.Module):
+    """Summed weighted response log-prob of every level, [B, K], from a `collate_levels` batch.
+
+    Wraps any image-text-to-text model whose language model takes a KV cache; a DeepSpeed
+    engine wraps this module, so one engine forward scores a whole batch of items.
+    """
+
+    def __init__(self, model: Any, mode: str = "shared") -> None:
+        super().__init__()
+        self.model = model
+        self.mode = mode
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        num_items, num_levels = batch["response_lengths"].shape
+        if self.mode == "full":
+            inputs = {k: v for k, v in batch.items() if k != "response_lengths"}
+            return sequence_logprobs(self.model, inputs).view(num_items, num_levels)
+        prefix_mask = batch["prefix_attention_mask"]
+        vision = {
+            key: value
+            for key, value in batch.items()
+            if not key.startswith(("prefix_", "response_"))
+        }
+        prefix = self.model(
+            input_ids=batch["prefix_input_ids"],
+            attention_mask=prefix_mask,
+            position_ids=positions_from_mask(prefix_mask),
+            use_cache=True,
+            logits_to_keep=1,
+            **vision,
+        )
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(num_levels)
+        response_ids = batch["response_input_ids"]
+        response_mask = batch["response_attention_mask"]
+        start = prefix_mask.sum(-1).repeat_interleave(num_levels)
+        positions = start[:, None] + torch.arange(response_ids.shape[1], device=start.device)
+        out = self.model(
+            input_ids=response_ids,
+            attention_mask=torch.cat(
+                [prefix_mask.repeat_interleave(num_levels, 0), response_mask], 1
+            ),
+            position_ids=positions * response_mask,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        # logits at t predict response token t: the prefix's last, then the response's own
+        logits = torch.cat(
+            [prefix.logits[:, -1:].repeat_interleave(num_levels, 0), out.logits[:, :-1]], 1
+        )
+        logps = picked_logprobs(logits, response_ids)
+        return (logps * batch["response_weights"]).sum(-1).view(num_items, num_levels)

@@ -1,0 +1,68 @@
+"""The spec's loss name to a call of the pure losses in amp_ray/losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from amp_ray.losses import (
+    LossOutput,
+    avg_dpo_loss,
+    best_response_nll,
+    mdpo_loss,
+    mixed_dpo_loss,
+    pairwise_loss,
+)
+
+PAIR_KINDS = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss settings of training (spec.alignment.TrainingSpec)."""
+
+    loss: str
+    beta: float
+    penalty_weight: float
+    length_normalise: bool
+    spread_over_pairs: bool
+    gamma: float
+
+    def __call__(
+        self,
+        policy: torch.Tensor,
+        reference: torch.Tensor,
+        lengths: torch.Tensor,
+        generator: torch.Generator,
+    ) -> LossOutput:
+        """policy, reference: [B, K] summed log-probs; lengths: [B, K] scored tokens;
+        generator: draws Mixed-DPO's per-item choice, seeded by the caller per step."""
+        if self.loss in ("mdpo", "mdpo_naive"):
+            return mdpo_loss(
+                policy,
+                reference,
+                self.beta,
+                self.penalty_weight if self.loss == "mdpo" else 0.0,
+                lengths[:, 0] if self.length_normalise else None,
+                self.spread_over_pairs,
+            )
+        if self.loss in PAIR_KINDS:
+            return pairwise_loss(policy, reference, self.beta, PAIR_KINDS[self.loss])
+        if self.loss == "mixed_dpo":
+            draws = torch.rand(policy.shape[0], generator=generator).to(policy.device)
+            return mixed_dpo_loss(policy, reference, draws < 0.5, self.beta)
+        if self.loss == "avg_dpo":
+            return avg_dpo_loss(policy, reference, self.beta, self.gamma)
+        if self.loss == "sft":
+            return best_response_nll(policy, lengths[:, 0])
+        raise ValueError(f"unknown loss {self.loss!r}")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss != "sft"
+
+    @property
+    def best_only(self) -> bool:
+        """The control objective reads y_0 alone: the other levels need no forward."""
+        return self.loss == "sft"

@@ -1,0 +1,219 @@
+"""Preference training (MDPO, DPO, IPO, SLiC, Mixed/Avg-DPO, the SFT control): the per-worker
+Ray Train loop and its typed config.
+
+Per optimizer step a worker takes its share of one global batch (training/batches.py), scores the
+K levels of each item in one forward (models/levels.py: the image prefix once, the K responses
+on its repeated KV cache), reads the reference log-probs stored beside the data (or scores them
+with a frozen reference when the spec asks), and applies the loss (training/objective.py).
+Metrics are averaged over the workers before they are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from amp_ray.spec.blocks import LoraSpec, StorageSpec
+from amp_ray.training.objective import Objective
+from amp_ray.training.optim import EngineConfig
+
+HISTORY_FILE = "history.json"  # every logged window's metrics, kept in each checkpoint
+
+
+@dataclass(frozen=True)
+class PreferenceLoopConfig:
+    """Everything the loop reads besides its dataset."""
+
+    init_path: str  # the policy's starting model: directory, s3:// URI or hub id
+    reference_path: str | None  # a frozen reference to run in the loop; None: ref_logps in data
+    output_uri: str
+    attempt: str
+    storage: dict[str, Any] | None
+    objective: dict[str, Any]  # Objective fields
+    engine: dict[str, Any]  # EngineConfig fields
+    lora: dict[str, Any] | None
+    freeze_vision: bool
+    gradient_checkpointing: bool
+    forward: str  # "shared_prefix" or "full"
+    shuffle_window: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the weights: bf16 training keeps them in bfloat16."""
+        return "bfloat16" if self.engine["precision"] == "bf16" else "float32"
+
+
+def load_policy(cfg: PreferenceLoopConfig, path: str, device: Any) -> tuple[Any, int]:
+    """The policy to train, and its count of trainable parameters."""
+    from amp_ray.models.loading import freeze_all_but_language_model, load_model
+
+    lora = LoraSpec(**cfg.lora) if cfg.lora else None
+    model = load_model(path, cfg.dtype, device, lora, cfg.gradient_checkpointing)
+    if cfg.freeze_vision and lora is None:
+        freeze_all_but_language_model(model)
+    return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass
+class WorkerState:
+    engine: Any  # DeepSpeed engine over a LevelScorer of the policy
+    policy: Any  # the HF model inside it
+    processor: Any
+    reference: Any  # a LevelScorer of the frozen reference, or None
+    trainable: int
+    storage: StorageSpec | None
+
+
+def set_up_worker(cfg: PreferenceLoopConfig, device: Any) -> WorkerState:
+    from amp_ray.models.levels import LevelScorer
+    from amp_ray.models.loading import load_model, load_processor
+    from amp_ray.models.store import local_model_path
+    from amp_ray.training.worker import build_engine
+
+    storage = StorageSpec(**cfg.storage) if cfg.storage else None
+    path = local_model_path(cfg.init_path, storage)
+    mode = "shared" if cfg.forward == "shared_prefix" else "full"
+    policy, trainable = load_policy(cfg, path, device)
+    engine = build_engine(LevelScorer(policy, mode), EngineConfig(**cfg.engine))
+    reference = None
+    if cfg.reference_path is not None:
+        frozen = load_model(local_model_path(cfg.reference_path, storage), cfg.dtype, device)
+        reference = LevelScorer(frozen.eval().requires_grad_(False), mode)
+    return WorkerState(engine, policy, load_processor(path), reference, trainable, storage)
+
+
+def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker loop: reads only `config` and the "train" dataset (unsplit: every worker
+    derives the same global order and takes its share). Returns the step it started from and
+    every logged window's metrics."""
+    import ray.train
+    import ray.train.torch
+
+    from amp_ray.data.levels import level_items
+    from amp_ray.training import worker
+    from amp_ray.training.batches import dataset_chunks, shuffled_epochs, worker_micro_batches
+
+    cfg = PreferenceLoopConfig(**config)
+    opt = EngineConfig(**cfg.engine)
+    torch.set_num_threads(opt.threads)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    worker.seed_everything(opt.seed)  # the same on every rank: LoRA's initial weights agree
+    device = ray.train.torch.get_device()
+    state = set_up_worker(cfg, device)
+    engine, mode = state.engine, state.engine.module.mode
+    step = start_step = worker.restore_checkpoint(engine)
+    saved = worker.checkpoint_file(ray.train.get_checkpoint(), HISTORY_FILE)
+    history: list[dict[str, float]] = json.loads(saved) if saved else []
+    read_epoch = dataset_chunks(ray.train.get_dataset_shard("train"), 256, level_items)
+    items = shuffled_epochs(read_epoch, opt.seed, cfg.shuffle_window)
+    batches = worker_micro_batches(
+        items, opt.micro_batch_size, opt.gradient_accumulation_steps, world, rank, step
+    )
+    objective = Objective(**cfg.objective)
+    pad = state.processor.tokenizer.pad_token_id
+    window: dict[str, float] = defaultdict(float)
+    while step < opt.steps:
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(opt.seed * 1_000_003 + step * 101 + rank)
+        for micro in next(batches):
+            batch = collate_for(micro, pad, mode, device)
+            out = train_micro_step(engine, state.reference, objective, batch, generator)
+            accumulate(window, out, batch, opt.gradient_accumulation_steps)
+        step += 1
+        window["seconds"] += time.perf_counter() - started
+        window["steps"] += 1
+        if step % opt.log_every and step % opt.checkpoint_every and step != opt.steps:
+            continue
+        metrics = reduce_window(window, world, engine, start_step, state.trainable, step)
+        history.append(metrics)
+        window = defaultdict(float)
+        if step % opt.checkpoint_every == 0 or step == opt.steps:
+            worker.save_checkpoint(engine, step, metrics, {HISTORY_FILE: json.dumps(history)})
+        else:
+            ray.train.report(metrics)
+    adapter_base = cfg.init_path if cfg.lora and cfg.lora.get("export") == "adapter" else None
+    worker.export_model(
+        engine,
+        state.processor,
+        opt.zero_stage,
+        cfg.output_uri,
+        cfg.attempt,
+        state.storage,
+        state.policy,
+        adapter_base,
+    )
+    return {"start_step": start_step, "history": history}
+
+
+def collate_for(micro: list[Any], pad: int, mode: str, device: Any) -> dict[str, torch.Tensor]:
+    from amp_ray.models.levels import collate_levels
+
+    batch = collate_levels([item.levels for item in micro], pad, mode)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    batch["ref_logps"] = torch.tensor([item.ref_logps for item in micro], device=device)
+    return batch
+
+
+def train_micro_step(
+    engine: Any,
+    reference: Any,
+    objective: Objective,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+) -> Any:
+    """Forward the K levels of every item, the loss, backward, and a DeepSpeed step (which
+    updates the weights at the end of each accumulation window)."""
+    ref_logps = batch.pop("ref_logps")
+    policy = engine(batch)
+    if reference is not None:
+        with torch.no_grad():
+            ref_logps = reference(batch)
+    ref_logps = ref_logps.to(policy.dtype) if ref_logps.numel() else torch.zeros_like(policy)
+    out = objective(policy, ref_logps.detach(), batch["response_lengths"], generator)
+    engine.backward(out.loss)
+    engine.step()
+    return out
+
+
+def accumulate(window: dict[str, float], out: Any, batch: dict[str, Any], accum: int) -> None:
+    window["loss"] += out.loss.item() / accum
+    for key, value in out.metrics.items():
+        window[key] += value.item() / accum
+    window["tokens"] += float(batch["response_lengths"].sum())
+    window["items"] += float(batch["response_lengths"].shape[0])
+
+
+def reduce_window(
+    window: dict[str, float], world: int, engine: Any, start: int, trainable: int, step: int
+) -> dict[str, float]:
+    """The window's metrics averaged over steps and workers (throughput summed over workers)."""
+    import torch.distributed as dist
+
+    keys = sorted(window)
+    values = torch.tensor([window[key] for key in keys], dtype=torch.float64)
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(values)
+        values /= world
+    totals = dict(zip(keys, values.tolist(), strict=True))
+    steps, seconds = totals.pop("steps"), totals.pop("seconds")
+    tokens, items = totals.pop("tokens"), totals.pop("items")
+    metrics = {key: value / steps for key, value in totals.items()}
+    metrics.update(
+        step=step,
+        lr=engine.get_lr()[0],
+        grad_norm=float(engine.get_global_grad_norm() or 0.0),
+        response_tokens_per_s=tokens * world / seconds,
+        items_per_s=items * world / seconds,
+        trainable_params=trainable,
+        start_step=start,
+    )
+    return metrics
