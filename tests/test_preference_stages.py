@@ -114,6 +114,41 @@ def test_all_three_generators_make_a_k4_dataset_with_reference_logprobs(
     assert any(line.startswith("    items with 4 distinct levels") for line in lines)
 
 
+def test_the_policy_trains_on_them_and_is_checked_before_and_after(trained_run: Path) -> None:
+    raw = preference_spec(trained_run, ["generate", "rank", "reference", "train"])
+    raw["training"].update(
+        max_steps=2,
+        micro_batch_size=2,
+        gradient_accumulation_steps=1,
+        log_every=1,
+        checkpoint_every=2,
+        penalty={"weight": 0.1},
+        scaling={"num_workers": 1, "cpus_per_worker": 0.5},
+        encode_actors={"num_actors": 1, "num_cpus": 0.5, "batch_size": 8},
+        eval={"max_new_tokens": 4, "items_per_split": 2, "actors": {"num_cpus": 0.25}},
+        compare={"arms": {"control": {"loss": "sft"}}, "control": "control", "equal_time": False},
+    )
+    lines: list[str] = []
+    run_job(validate_spec(raw), echo=lines.append)
+    run = RunDir.open(str(trained_run))
+    runs = run.dataset("train", "runs").read_table().to_pylist()
+    assert [(r["model"], r["arm"], r["steps"]) for r in runs] == [
+        ("aligned", "aligned", 2),
+        ("control-seed0", "control", 2),
+    ]
+    metrics = run.dataset("train", "metrics").read_table().to_pylist()
+    checked = {(r["model"], r["benchmark"]) for r in metrics}
+    for model in ("expert_s", "aligned", "control-seed0"):
+        assert {(model, "chair"), (model, "bias"), (model, "pope")} <= checked
+    log = run.dataset("train", "log").read_table().to_pylist()
+    assert {r["metric"] for r in log if r["model"] == "control-seed0"} >= {"nll", "loss"}
+    assert "accuracy/0-3" in {r["metric"] for r in log if r["model"] == "aligned"}
+    shown = [line.strip() for line in lines]
+    table = shown.index("world check before and after training (mean ± sd over seeds):")
+    assert shown[table + 2].startswith("expert_s (before)")
+    assert any(line.startswith("difference to control, paired by seed") for line in shown)
+
+
 def test_a_killed_generation_resumes_with_every_item_exactly_once(
     trained_run: Path, tmp_path: Path
 ) -> None:

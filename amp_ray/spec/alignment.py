@@ -5,9 +5,10 @@ Defaults follow the papers (AMP arXiv 2405.11165, BDHS arXiv 2407.02477); docs/m
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from amp_ray.spec.blocks import (
     ActorPoolSpec,
@@ -22,9 +23,11 @@ from amp_ray.spec.blocks import (
     Probability,
     ScalingSpec,
     ScheduleSpec,
+    WorldCheckSpec,
 )
 
 NumLevels = Annotated[int, Field(ge=2, le=8)]
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names that are path segments
 
 
 class SamplingSpec(Block):
@@ -135,6 +138,27 @@ LOSS_LEVELS: dict[str, int | None] = {
 }
 
 
+class CompareSpec(Block):
+    """Other recipes trained beside the training block's own, on the same items from the same
+    policy, for the before/after table. Each arm overrides keys of the training block; every
+    arm trains once per seed, and arms of one seed see the items in the same order. On the
+    synthetic world the seed-to-seed spread is larger than the gaps between methods, so the
+    table reports mean ± sd over seeds and each arm's difference to `control`, paired by seed
+    (docs/world.md)."""
+
+    arms: dict[str, dict[str, Any]] = Field(
+        {}, description="arm name -> overrides of training keys, e.g. {loss: dpo, levels: [0, 3]}"
+    )
+    seeds: list[NonNegativeInt] = Field([0], min_length=1, description="one run per arm and seed")
+    control: str | None = Field(None, description="the arm the others are compared with")
+    equal_time: bool = Field(
+        True, description="also train every other arm for the training block's own wall time"
+    )
+    max_concurrent_runs: PositiveInt = Field(
+        1, description="runs trained side by side (each with its own Ray Train workers)"
+    )
+
+
 class TrainingSpec(Block):
     """Preference training on Ray Train + DeepSpeed (AMP §3.2–3.3 and its public code)."""
 
@@ -172,9 +196,13 @@ class TrainingSpec(Block):
     log_every: PositiveInt = 10
     max_length: PositiveInt = 2048
     encode_actors: ActorPoolSpec = ActorPoolSpec(batch_size=64)
+    compare: CompareSpec = CompareSpec()
+    eval: WorldCheckSpec = Field(
+        WorldCheckSpec(), description="the world check of the policy before and after training"
+    )
     name: str = Field(
         "aligned",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        pattern=NAME_PATTERN.pattern,
         description="the trained model's name (train/models/<name>)",
     )
 
@@ -206,6 +234,51 @@ class TrainingSpec(Block):
         if self.lora is not None and self.deepspeed.zero_stage == 3:
             raise ValueError("lora with deepspeed.zero_stage 3 is not supported: use stage 2")
         return self
+
+    @model_validator(mode="after")
+    def _arms_are_recipes(self) -> TrainingSpec:
+        compare = self.compare
+        for arm, overrides in compare.arms.items():
+            if arm == self.name or not NAME_PATTERN.match(arm):
+                raise ValueError(
+                    f"compare.arms.{arm}: an arm needs a name of its own (letters, digits, "
+                    f"._-), other than training.name {self.name!r}"
+                )
+            if {"compare", "name", "policy", "eval"} & set(overrides):
+                raise ValueError(
+                    f"compare.arms.{arm}: compare, name, policy and eval are the same for every arm"
+                )
+            self.arm(arm)  # validates the overrides as a training block
+        if compare.control is not None and compare.control not in compare.arms:
+            raise ValueError(
+                f"compare.control {compare.control!r} is not one of compare.arms "
+                f"{sorted(compare.arms)}"
+            )
+        return self
+
+    def arm(self, name: str) -> TrainingSpec:
+        """The training block with arm `name`'s overrides (nested keys merge)."""
+        if name == self.name:
+            return self
+        base = self.model_dump(exclude={"compare"})
+        try:
+            return TrainingSpec(**merged(base, self.compare.arms[name]))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'training'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"compare.arms.{name}: {problems}") from None
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied; dicts merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class SweepSpec(Block):

@@ -249,8 +249,9 @@ class ScalingSpec(Block):
     cpus_per_worker: PositiveFloat = 1.0
 
 
-class SftEvalSpec(Block):
-    """The world check after SFT: greedy answers to the eval splits' captions and POPE questions."""
+class WorldCheckSpec(Block):
+    """The world check after SFT and after preference training: greedy answers to the eval
+    splits' captions and POPE questions, scored against the world's ground truth."""
 
     max_new_tokens: PositiveInt = 24
     items_per_split: PositiveInt = Field(
@@ -278,4 +279,4 @@ class SftSpec(Block):
         2, description="runs trained side by side (each with its own Ray Train workers)"
     )
     encode_actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=1.0, batch_size=128)
-    eval: SftEvalSpec = SftEvalSpec()
+    eval: WorldCheckSpec = WorldCheckSpec()

@@ -26,18 +26,13 @@ from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri, root_model, run_in_dependency_order
 from amp_ray.models.store import commit_model, committed_model, local_model_path, new_model_attempt
 from amp_ray.runtime import (
-    batched,
-    concurrent_pools,
     light_map,
     map_with_actor_pool,
 )
-from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
 from amp_ray.storage.raysink import write_ray
-from amp_ray.world.generate import SPLIT_MODES
 
-EVAL_TASKS = ("caption", "existence")
 # sft settings that change how the stage runs, not what it makes
 HOW_IT_RUNS = {
     "encode_actors": True,
@@ -96,7 +91,7 @@ class SftStage(Stage):
             self.spec.sft.max_concurrent_runs,
         )
         trained_rows = max(trained.values())
-        self._evaluate(items, quarantine)
+        self._evaluate(quarantine)
         quarantined = quarantine.commit().num_rows
         sft_rows = max(table.count() for table in encoded.values())
         return StageCounts(sft_rows, trained_rows, quarantined)
@@ -204,49 +199,11 @@ class SftStage(Stage):
 
     # -- the world check --------------------------------------------------------------------------
 
-    def _evaluate(self, items: Any, quarantine: Any) -> None:
-        from amp_ray.evaluation.answers import AnswerGenerator
-        from amp_ray.evaluation.world_eval import world_metric_rows
-        from amp_ray.storage.quarantine import route_quarantine
+    def _evaluate(self, quarantine: Any) -> None:
+        from amp_ray.evaluation.world_check import check_models
 
-        answers = self.run_dir.writer(self.name, "answers", "answers")
-        metrics = self.run_dir.writer(self.name, "metrics", "metrics")
-        if self.spec.data.source == "world":
-            evaluation = self.spec.sft.eval
-            sampling = SamplingSpec(
-                max_new_tokens=evaluation.max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                repetition_penalty=1.0,
-            )
-            splits = self.spec.data.world.splits
-            shares = {
-                name: min(1.0, evaluation.items_per_split / max(1, getattr(splits, name)))
-                for name in SPLIT_MODES
-                if name.startswith("eval")
-            }
-            eval_items = light_map(items.read_ray(), functools.partial(_eval_rows, shares=shares))
-            route = functools.partial(
-                route_quarantine, stage=self.name, good="answers", bad="quarantine"
-            )
-            pool = evaluation.actors
-            names = list(self.spec.sft.runs)
-            # Models are answered side by side, as many at once as leave CPUs for reading.
-            for wave in batched(names, concurrent_pools(pool)):
-                per_model = []
-                for name in wave:
-                    uri = model_uri(self.spec, self.run_dir, name)
-                    args = (name, uri, sampling, "auto", pool.num_cpus, self.spec.storage)
-                    per_model.append(map_with_actor_pool(eval_items, AnswerGenerator, pool, args))
-                generated = per_model[0].union(*per_model[1:]) if len(wave) > 1 else per_model[0]
-                write_ray(generated, {"answers": answers, "quarantine": quarantine}, route)
-        committed = answers.commit()
-        table = (
-            self.run_dir.dataset(self.name, "answers").read_table() if committed.num_rows else None
-        )
-        rows = world_metric_rows(table) if table is not None else []
-        metrics.write_table(pa.Table.from_pylist(rows, schema=metrics.schema))
-        metrics.commit()
+        models = {name: model_uri(self.spec, self.run_dir, name) for name in self.spec.sft.runs}
+        check_models(self, models, self.spec.sft.eval, quarantine)
 
     def summary(self) -> list[str]:
         from amp_ray.evaluation.world_tables import sft_table
@@ -291,19 +248,3 @@ def _training_rows(batch: pa.Table, fraction: float) -> pa.Table:
     good = batch.filter(pc.is_null(batch.column(QUARANTINE_REASON)))
     keep = [in_fraction(item_id, fraction) for item_id in good.column("item_id").to_pylist()]
     return good.filter(pa.array(keep, pa.bool_())).drop_columns([QUARANTINE_REASON, ROW_JSON])
-
-
-def _eval_rows(batch: pa.Table, shares: dict[str, float]) -> pa.Table:
-    """The check's items: captions and POPE questions of the eval splits, about
-    `items_per_split` of each per split (a stable hash picks them; POPE keeps 6 per image)."""
-    rows = rows_where(rows_where(batch, "split", tuple(shares)), "task", EVAL_TASKS)
-    keep = [
-        in_fraction(item_id, shares[split] / (6 if task == "existence" else 1))
-        for item_id, split, task in zip(
-            rows.column("item_id").to_pylist(),
-            rows.column("split").to_pylist(),
-            rows.column("task").to_pylist(),
-            strict=True,
-        )
-    ]
-    return rows.filter(pa.array(keep, pa.bool_()))

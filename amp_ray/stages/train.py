@@ -1,19 +1,24 @@
-"""The train stage: the policy aligned on the K-level preference data with the spec's loss.
+"""The train stage: the policy aligned on the K-level preference data with the spec's loss,
+and checked on the world before and after.
 
 Reads reference/preferences (the levels with their reference log-probs), or the preferences
-alone when the reference runs in the loop or the loss needs none. Items are encoded on a Ray Data
-actor pool, rows training must not see go to train/quarantine with the reason, and the policy is
-trained on Ray Train + DeepSpeed (amp_ray/training/preference.py). A killed run resumes from its
-last checkpoint; a run with other settings starts afresh. Outputs: the model at
-train/models/<training.name> (HF format), train/log (every logged window), train/quarantine.
+alone when the reference runs in the loop or the loss needs none. Items are encoded once on a
+Ray Data actor pool; rows training must not see go to train/quarantine with the reason. Each
+planned run (training/runs.py: the training block's own recipe, and the arms of
+training.compare at every seed) trains on Ray Train + DeepSpeed (training/preference.py); a
+model committed with the same settings is not trained again, and a killed run resumes from its
+last checkpoint. Outputs: train/models/<model> (HF format), train/log (every logged window),
+train/runs (what each model is), train/answers and train/metrics (the world check of the
+policy and of every trained model), train/quarantine.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import zlib
-from dataclasses import asdict
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -21,20 +26,38 @@ import pyarrow.compute as pc
 
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
-from amp_ray.models.store import commit_model, new_model_attempt
+from amp_ray.models.store import commit_model, committed_model, new_model_attempt
 from amp_ray.runtime import light_map, map_with_actor_pool
+from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
 from amp_ray.storage.raysink import write_ray
 from amp_ray.storage.run import fingerprint
+from amp_ray.training.runs import PlannedRun, arms, equal_step_runs, equal_time_runs
 
-HOW_IT_RUNS = {"encode_actors": True, "log_every": True, "checkpoint_every": True}
+HOW_IT_RUNS = {
+    "encode_actors": True,
+    "log_every": True,
+    "checkpoint_every": True,
+    "compare": {"max_concurrent_runs": True},
+    "eval": {"actors": True},
+}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run: PlannedRun
+    history: list[dict[str, float]]  # every logged window's metrics
+
+    @property
+    def step_seconds(self) -> float:
+        return statistics.median(window["step_seconds"] for window in self.history)
 
 
 class TrainStage(Stage):
     name = "train"
-    outputs = ("quarantine", "log")
+    outputs = ("quarantine", "log", "runs", "answers", "metrics")
 
     @property
     def inputs(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
@@ -47,9 +70,20 @@ class TrainStage(Stage):
         made_by_sft = self.spec.training.policy in self.spec.sft.runs
         return (source,) + ((("sft", "metrics"),) if made_by_sft else ())
 
-    def reads_stored_reference(self) -> bool:
+    def recipes(self) -> dict[str, TrainingSpec]:
+        """arm name -> its training block, the training block's own recipe first."""
         training = self.spec.training
-        return training.loss != "sft" and training.reference == "precomputed"
+        return {arm: training.arm(arm) for arm in arms(training)}
+
+    def reads_stored_reference(self) -> bool:
+        return any(
+            recipe.loss != "sft" and recipe.reference == "precomputed"
+            for recipe in self.recipes().values()
+        )
+
+    def encoded_levels(self) -> list[int]:
+        """The data levels some recipe trains on: each item is encoded with these once."""
+        return sorted({k for recipe in self.recipes().values() for k in trained_levels(recipe)})
 
     def config(self) -> dict[str, Any]:
         policy = self.spec.training.policy
@@ -64,54 +98,45 @@ class TrainStage(Stage):
             raise SpecError("stage 'train' needs training.policy: the model to align")
 
     def run(self) -> StageCounts:
-        from amp_ray.training.launch import fit
-        from amp_ray.training.preference import preference_loop
+        from amp_ray.evaluation.world_check import check_models
 
+        training = self.spec.training
         source = self.run_dir.dataset(*self.inputs[0])
-        check_num_levels(source, self.spec.training.num_levels, "/".join(self.inputs[0]))
+        check_num_levels(source, training.num_levels, "/".join(self.inputs[0]))
+        if self.force:
+            self.run_dir.location.join(self.name, "ray").remove()
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         encoded = self._encode(source, quarantine)
-        quarantined = quarantine.commit().num_rows
         rows = encoded.count()
         if rows == 0:
             raise SpecError(
-                f"no usable training items in {'/'.join(self.inputs[0])}: all {quarantined} "
-                "are in train/quarantine with their reasons"
+                f"no usable training items in {'/'.join(self.inputs[0])}: all of them are in "
+                "train/quarantine with their reasons"
             )
-        location = self.run_dir.location.join(self.name, "models", self.spec.training.name)
-        attempt = new_model_attempt()
-        config = self._loop_config(location.uri, attempt)
-        # one Ray Train run per settings: a changed spec never resumes another's checkpoint
-        run_name = f"{self.spec.training.name}-{fingerprint(self.config(), self.input_versions())}"
-        storage = self.run_dir.location.join(self.name, "ray")
-        if self.force:
-            storage.remove()
-        result = fit(
-            preference_loop,
-            config,
-            {"train": encoded},
-            self.spec.training.scaling,
-            run_name,
-            storage,
-            unsplit=True,
-        )
-        history = _history(result)
-        commit_model(location, attempt, {"settings": self.config(), "final": history[-1]})
-        self._write_log(history)
-        return StageCounts(source.num_rows, rows, quarantined)
+        results = self._train_all(equal_step_runs(training), encoded)
+        step_seconds: dict[str, list[float]] = {}
+        for result in results:
+            step_seconds.setdefault(result.run.arm, []).append(result.step_seconds)
+        results += self._train_all(equal_time_runs(training, step_seconds), encoded)
+        self._write_log(results)
+        self._write_runs(results)
+        policy = str(training.policy)
+        models = {policy: model_uri(self.spec, self.run_dir, policy)}
+        models.update({r.run.model: self._location(r.run).uri for r in results})
+        check_models(self, models, training.eval, quarantine)
+        return StageCounts(source.num_rows, rows, quarantine.commit().num_rows)
 
     def _encode(self, source: Any, quarantine: Any) -> Any:
         from amp_ray.data.levels import LevelEncoder
 
         training = self.spec.training
         pool = training.encode_actors
-        levels = training.trained_levels[:1] if training.loss == "sft" else training.trained_levels
         args = (
             model_uri(self.spec, self.run_dir, str(training.policy)),
             training.max_length,
             training.round_weight_step,
             training.num_levels,
-            levels,
+            self.encoded_levels(),
             self.reads_stored_reference(),
             self.spec.storage,
         )
@@ -121,14 +146,58 @@ class TrainStage(Stage):
         # sorted by item id: a stored order every worker reads the same way
         return light_map(encoded, _good).sort("item_id").materialize()
 
-    def _loop_config(self, output_uri: str, attempt: str) -> dict[str, Any]:
+    # -- training runs ----------------------------------------------------------------------
+
+    def _location(self, run: PlannedRun) -> Any:
+        return self.run_dir.location.join(self.name, "models", run.model)
+
+    def _train_all(self, runs: list[PlannedRun], encoded: Any) -> list[RunResult]:
+        concurrency = self.spec.training.compare.max_concurrent_runs
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(lambda run: self._train(run, encoded), runs))
+
+    def _train(self, run: PlannedRun, encoded: Any) -> RunResult:
+        """Train `run` unless its model is committed with the same settings."""
+        from amp_ray.training.launch import fit
+        from amp_ray.training.preference import preference_loop
+
+        recipe = self.spec.training.arm(run.arm)
+        location = self._location(run)
+        settings = {
+            "stage": self.config(),
+            "inputs": self.input_versions(),
+            "run": asdict(run),
+            "recipe": recipe.model_dump(mode="json", exclude=HOW_IT_RUNS),
+        }
+        if committed_model(location) and not self.force:
+            metadata = json.loads(location.join("_model.json").read_bytes())["metadata"]
+            if metadata.get("settings") == settings:
+                return RunResult(run, metadata["history"])
+        attempt = new_model_attempt()
+        config = self._loop_config(recipe, run, location.uri, attempt)
+        # one Ray Train run per settings: a changed spec never resumes another's checkpoint
+        result = fit(
+            preference_loop,
+            config,
+            {"train": encoded},
+            recipe.scaling,
+            f"{run.model}-{fingerprint(settings, {})}",
+            self.run_dir.location.join(self.name, "ray"),
+            unsplit=True,
+        )
+        history = _history(result)
+        commit_model(location, attempt, {"settings": settings, "history": history})
+        return RunResult(run, history)
+
+    def _loop_config(
+        self, recipe: TrainingSpec, run: PlannedRun, output_uri: str, attempt: str
+    ) -> dict[str, Any]:
         from amp_ray.training.optim import EngineConfig
         from amp_ray.training.preference import PreferenceLoopConfig
 
-        t = self.spec.training
-        seed = self.spec.seed + zlib.crc32(t.name.encode())
-        policy = model_uri(self.spec, self.run_dir, str(t.policy))
-        in_loop = t.loss != "sft" and t.reference == "in_loop"
+        policy = model_uri(self.spec, self.run_dir, str(recipe.policy))
+        in_loop = recipe.loss != "sft" and recipe.reference == "in_loop"
+        encoded = self.encoded_levels()
         return PreferenceLoopConfig(
             init_path=policy,
             reference_path=policy if in_loop else None,
@@ -136,36 +205,62 @@ class TrainStage(Stage):
             attempt=attempt,
             storage=self.spec.storage.model_dump(),
             objective={
-                "loss": t.loss,
-                "beta": t.beta,
-                "penalty_weight": t.penalty.weight,
-                "length_normalise": t.penalty.length_normalise,
-                "spread_over_pairs": t.penalty.spread_over_pairs,
-                "gamma": t.gamma,
+                "loss": recipe.loss,
+                "beta": recipe.beta,
+                "penalty_weight": recipe.penalty.weight,
+                "length_normalise": recipe.penalty.length_normalise,
+                "spread_over_pairs": recipe.penalty.spread_over_pairs,
+                "gamma": recipe.gamma,
             },
-            engine=asdict(EngineConfig.from_block(t, t.max_steps, seed)),
-            lora=t.lora.model_dump() if t.lora else None,
-            freeze_vision=t.freeze_vision,
-            gradient_checkpointing=t.gradient_checkpointing,
-            forward=t.forward,
+            engine=asdict(EngineConfig.from_block(recipe, run.steps, self.spec.seed + run.seed)),
+            lora=recipe.lora.model_dump() if recipe.lora else None,
+            freeze_vision=recipe.freeze_vision,
+            gradient_checkpointing=recipe.gradient_checkpointing,
+            forward=recipe.forward,
+            level_index=[encoded.index(k) for k in trained_levels(recipe)],
         ).to_dict()
 
-    def _write_log(self, history: list[dict[str, float]]) -> None:
+    # -- outputs ----------------------------------------------------------------------------
+
+    def _write_log(self, results: list[RunResult]) -> None:
         log = self.run_dir.writer(self.name, "log", "training_log")
-        name = self.spec.training.name
         rows = [
-            {"model": name, "step": int(window["step"]), "metric": key, "value": float(value)}
-            for window in history
+            {"model": r.run.model, "step": int(window["step"]), "metric": key, "value": value}
+            for r in results
+            for window in r.history
             for key, value in window.items()
             if key != "step"
         ]
         log.write_table(pa.Table.from_pylist(rows, schema=log.schema))
         log.commit()
 
-    def summary(self) -> list[str]:
-        from amp_ray.training.tables import training_table
+    def _write_runs(self, results: list[RunResult]) -> None:
+        runs = self.run_dir.writer(self.name, "runs", "training_runs")
+        rows = [
+            {**asdict(r.run), "step_seconds": r.step_seconds, "final_loss": r.history[-1]["loss"]}
+            for r in results
+        ]
+        runs.write_table(pa.Table.from_pylist(rows, schema=runs.schema))
+        runs.commit()
 
-        return training_table(self.run_dir.dataset(self.name, "log").read_table())
+    def summary(self) -> list[str]:
+        from amp_ray.training.tables import comparison_table, training_table
+
+        training = self.spec.training
+        log = self.run_dir.dataset(self.name, "log").read_table()
+        own = log.filter(pc.equal(log.column("model"), training.name))
+        lines = [f"training of {training.name} ({training.loss}):", *training_table(own)]
+        metrics = self.run_dir.dataset(self.name, "metrics").read_table()
+        if metrics.num_rows:
+            runs = self.run_dir.dataset(self.name, "runs").read_table().to_pylist()
+            control = training.compare.control
+            lines += comparison_table(metrics, runs, str(training.policy), control)
+        return lines
+
+
+def trained_levels(recipe: TrainingSpec) -> list[int]:
+    """The data levels a recipe reads: the continued-SFT control reads y_0 alone."""
+    return recipe.trained_levels[:1] if recipe.loss == "sft" else recipe.trained_levels
 
 
 def check_num_levels(dataset: Any, num_levels: int, where: str) -> None:

@@ -149,6 +149,19 @@ TRAINING_LOG = pa.schema(
     metadata={"doc": "train/log: every logged training window's metrics, one value per row"},
 )
 
+TRAINING_RUNS = pa.schema(
+    [
+        _col("model", pa.string(), "the trained model (train/models/<model>)", nullable=False),
+        _col("arm", pa.string(), "its recipe: training.name or an arm of training.compare"),
+        _col("seed", pa.int64(), "the seed of its data order and initialisation"),
+        _col("steps", pa.int64(), "optimizer steps it trained for"),
+        _col("budget", pa.string(), "steps (the recipe's max_steps) or time (equal wall time)"),
+        _col("step_seconds", pa.float64(), "median wall time of one optimizer step"),
+        _col("final_loss", pa.float64(), "the loss of the last logged window"),
+    ],
+    metadata={"doc": "train/runs: what each model of the train stage is, and what it cost"},
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "candidates": CANDIDATES,
@@ -157,6 +170,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "answers": ANSWERS,
     "metrics": METRICS,
     "training_log": TRAINING_LOG,
+    "training_runs": TRAINING_RUNS,
     "quarantine": QUARANTINE,
 }
 

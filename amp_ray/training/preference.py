@@ -40,6 +40,7 @@ class PreferenceLoopConfig:
     freeze_vision: bool
     gradient_checkpointing: bool
     forward: str  # "shared_prefix" or "full"
+    level_index: list[int]  # which of the encoded levels this recipe trains on, best first
     shuffle_window: int = 1024
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(opt.seed * 1_000_003 + step * 101 + rank)
         for micro in next(batches):
-            batch = collate_for(micro, pad, mode, device)
+            batch = collate_for(micro, cfg.level_index, pad, mode, device)
             out = train_micro_step(engine, state.reference, objective, batch, generator)
             accumulate(window, out, batch, opt.gradient_accumulation_steps)
         step += 1
@@ -154,12 +155,17 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     return {"start_step": start_step, "history": history}
 
 
-def collate_for(micro: list[Any], pad: int, mode: str, device: Any) -> dict[str, torch.Tensor]:
+def collate_for(
+    micro: list[Any], index: list[int], pad: int, mode: str, device: Any
+) -> dict[str, torch.Tensor]:
+    """A micro-batch of the levels at `index` of every item, with their reference log-probs
+    (an empty tensor when the data carries none)."""
     from amp_ray.models.levels import collate_levels
 
-    batch = collate_levels([item.levels for item in micro], pad, mode)
+    batch = collate_levels([[item.levels[k] for k in index] for item in micro], pad, mode)
     batch = {key: value.to(device) for key, value in batch.items()}
-    batch["ref_logps"] = torch.tensor([item.ref_logps for item in micro], device=device)
+    reference = [[item.ref_logps[k] for k in index] if item.ref_logps else [] for item in micro]
+    batch["ref_logps"] = torch.tensor(reference, device=device)
     return batch
 
 
@@ -211,6 +217,7 @@ def reduce_window(
         step=step,
         lr=engine.get_lr()[0],
         grad_norm=float(engine.get_global_grad_norm() or 0.0),
+        step_seconds=seconds / steps,
         response_tokens_per_s=tokens * world / seconds,
         items_per_s=items * world / seconds,
         trainable_params=trainable,

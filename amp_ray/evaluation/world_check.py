@@ -1,0 +1,95 @@
+"""The world check: models answer the eval splits' captions and POPE questions greedily on Ray
+Data actor pools, and the answers are scored against the world's ground truth. The SFT stage
+checks its experts with it, the train stage the policy before and after alignment."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pyarrow as pa
+
+from amp_ray.data.items import in_fraction, rows_where
+from amp_ray.runtime import batched, concurrent_pools, light_map, map_with_actor_pool
+from amp_ray.spec.alignment import SamplingSpec
+from amp_ray.spec.blocks import WorldCheckSpec
+from amp_ray.storage.quarantine import route_quarantine
+from amp_ray.storage.raysink import write_ray
+from amp_ray.world.generate import SPLIT_MODES
+
+EVAL_TASKS = ("caption", "existence")
+
+
+def check_models(
+    stage: Any, models: dict[str, str], settings: WorldCheckSpec, quarantine: Any
+) -> pa.Table:
+    """Answers of every model (name -> URI) to the check's items, written to <stage>/answers
+    (items a model cannot answer to `quarantine`), and their world metrics to <stage>/metrics,
+    which is returned. Data that is not the world commits both empty."""
+    from amp_ray.evaluation.answers import AnswerGenerator
+    from amp_ray.evaluation.world_eval import world_metric_rows
+
+    answers = stage.run_dir.writer(stage.name, "answers", "answers")
+    metrics = stage.run_dir.writer(stage.name, "metrics", "metrics")
+    if stage.spec.data.source == "world" and models:
+        sampling = SamplingSpec(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            repetition_penalty=1.0,
+        )
+        items = stage.run_dir.dataset("data", "items").read_ray()
+        eval_items = light_map(
+            items, functools.partial(_eval_rows, shares=_shares(stage, settings))
+        )
+        route = functools.partial(
+            route_quarantine, stage=stage.name, good="answers", bad="quarantine"
+        )
+        pool = settings.actors
+        # Models are answered side by side, as many at once as leave CPUs for reading.
+        for wave in batched(list(models), concurrent_pools(pool)):
+            per_model = [
+                map_with_actor_pool(
+                    eval_items,
+                    AnswerGenerator,
+                    pool,
+                    (name, models[name], sampling, "auto", pool.num_cpus, stage.spec.storage),
+                )
+                for name in wave
+            ]
+            generated = per_model[0].union(*per_model[1:]) if len(wave) > 1 else per_model[0]
+            write_ray(generated, {"answers": answers, "quarantine": quarantine}, route)
+    committed = answers.commit()
+    table = (
+        stage.run_dir.dataset(stage.name, "answers").read_table() if committed.num_rows else None
+    )
+    rows = world_metric_rows(table) if table is not None else []
+    result = pa.Table.from_pylist(rows, schema=metrics.schema)
+    metrics.write_table(result)
+    metrics.commit()
+    return result
+
+
+def _shares(stage: Any, settings: WorldCheckSpec) -> dict[str, float]:
+    splits = stage.spec.data.world.splits
+    return {
+        name: min(1.0, settings.items_per_split / max(1, getattr(splits, name)))
+        for name in SPLIT_MODES
+        if name.startswith("eval")
+    }
+
+
+def _eval_rows(batch: pa.Table, shares: dict[str, float]) -> pa.Table:
+    """The check's items: captions and POPE questions of the eval splits, about
+    `items_per_split` of each per split (a stable hash picks them; POPE keeps 6 per image)."""
+    rows = rows_where(rows_where(batch, "split", tuple(shares)), "task", EVAL_TASKS)
+    keep = [
+        in_fraction(item_id, shares[split] / (6 if task == "existence" else 1))
+        for item_id, split, task in zip(
+            rows.column("item_id").to_pylist(),
+            rows.column("split").to_pylist(),
+            rows.column("task").to_pylist(),
+            strict=True,
+        )
+    ]
+    return rows.filter(pa.array(keep, pa.bool_()))
