@@ -1,6 +1,6 @@
 """MDPO training steps on K=4 items: shared-prefix scoring against AMP's and TRL's designs.
 
-    /tmp/venv0/bin/python bench/bench_mdpo.py [--steps 5] [--warmup 2] [--threads N]
+    .venv/bin/python bench/bench_mdpo.py [--steps 5] [--warmup 2] [--threads N]
         [--memory-steps 2] [--world-batch-items 8] [--llava-batch-items 2] [--epochs 4]
         [--shapes world llava] [--designs a b c]
 

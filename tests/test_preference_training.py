@@ -252,6 +252,8 @@ def final_state(run_dir: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     return log, load_file(model_dir / attempt / "model.safetensors")
 
 
+# ~5.5 min on 2 cores: .ci/run runs it after the default suite
+@pytest.mark.slow
 def test_a_killed_worker_resumes_and_ends_where_an_unbroken_run_ends(
     scored_run: Path, preference_json: Path, tiny_dir: str
 ) -> None:

@@ -58,6 +58,8 @@ def attempts(run_dir: Path) -> dict[str, str]:
     }
 
 
+# ~6 min on 2 cores; the default run covers the stage through tests/test_preference_stages.py
+@pytest.mark.slow
 def test_sft_stage_trains_checks_and_reuses_committed_models(tmp_path: Path) -> None:
     raw = sft_spec(tmp_path / "run")
     lines: list[str] = []
