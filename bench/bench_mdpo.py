@@ -29,12 +29,13 @@ its 6 pairs (pairs/s / 6). (a)/(b) steps include collate_levels, not encode_conv
 encode stage does that once per run). (c) steps are timed from one step's end to the next, so
 they include TRL's collator (chat text and image processing for every pair, on the fly: its
 share is printed) and the Trainer's bookkeeping. "(a) + ref/E" adds (a)'s reference precompute
-(timed apart, no grad, same batches) spread over E = --epochs epochs. Memory run: a second
-process, --memory-steps timed steps, with glibc's mmap threshold fixed (MEMORY_ENV; it slows the
-steps, hence the separate run); a psutil thread samples the RSS every 2 ms. "step MB" = peak RSS
-during the timed steps - RSS just before the first: activations, gradients (set to None between
-steps) and temporaries, not the weights or the optimizer state; "peak MB" = that peak in full
-(weights, optimizer state, the reference model of (b) and (c), libraries). "seq/item" counts the
+(timed apart after one untimed pass, no grad, same batches) spread over E = --epochs epochs.
+Memory run: a second process, --memory-steps timed steps, with glibc's mmap threshold fixed
+(MEMORY_ENV; it slows the steps, hence the separate run); a psutil thread samples the RSS every
+2 ms. "step MB" = peak RSS during the timed steps - RSS just before the first: activations,
+gradients (set to None between steps) and temporaries, not the weights or the optimizer state;
+"peak MB" = that peak in full (weights, optimizer state, the reference model of (b) and (c),
+libraries). "seq/item" counts the
 rows one item sends through the model a step (P: the shared prefix, R: one response, ref:
 reference rows, no grad). The predicted ratios count token passes (forward 1, backward 2) with
 the measured mean prefix P and response R tokens, K=4: (c) 48(P+R) per item, (b) 16(P+R),
@@ -244,10 +245,13 @@ def run_shared(model: Any, processor: Any, batches: list[Any], args: Any) -> dic
     """(a): reference log-probs precomputed (timed apart), then shared-prefix policy steps."""
     pad = processor.tokenizer.pad_token_id
     scorer = LevelScorer(model, "shared")
-    started = time.perf_counter()
     with torch.no_grad():
+        # one untimed pass first: the process's first forward pays one-time set-up (thread
+        # pools, allocator) that the reference stage pays once per run, not once per item
+        scorer(collate_levels(batches[0], pad, "shared"))
+        started = time.perf_counter()
         precomputed = [scorer(collate_levels(items, pad, "shared")) for items in batches]
-    reference_seconds = time.perf_counter() - started
+        reference_seconds = time.perf_counter() - started
     step = mdpo_step(model, scorer, pad, lambda batch: precomputed[batch[0]])
     result = timed_steps(step, list(enumerate(batches)), args.warmup, args.steps)
     result["reference_seconds_per_item"] = reference_seconds / sum(len(b) for b in batches)
