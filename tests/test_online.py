@@ -20,6 +20,10 @@ from amp_ray.storage import RunDir
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import PREFERENCES
 
+# The module's runs share one local Ray. The first test's setup makes the offline data and two
+# rounds (three Ray Train runs and a world check of four models): minutes on 2 CPUs, more when
+# the machine is shared, hence the longer limit.
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(1500)]
 CHEAP = {"num_actors": 1, "num_cpus": 0.25, "batch_size": 4}
 
 
@@ -171,12 +175,16 @@ def test_a_killed_job_resumes_at_the_round_it_was_in(
 
 
 def test_mixed_dpo_trains_on_the_offline_and_the_online_rejected_answer(
-    offline_run: Path, tmp_path: Path, tiny_dir: str
+    two_rounds: tuple[Path, dict, list[str]], tmp_path: Path, tiny_dir: str
 ) -> None:
-    run_dir = copy_of(offline_run, tmp_path)
+    # the online settings change in a job killed before the stage finished
+    run_dir = copy_of(two_rounds[0], tmp_path)
+    (run_dir / "train" / "_stage.json").unlink()
+    offline_model = model_record(run_dir, "aligned")["attempt"]
     raw = online_spec(run_dir, tiny_dir, ["train"], rounds=1, generator="sampled", mix_offline=True)
     raw["training"]["online"]["items_per_round"] = 3
     run_job(validate_spec(raw), echo=lambda _: None)
+    assert model_record(run_dir, "aligned")["attempt"] == offline_model  # offline: not redone
     offline = {
         row["item_id"]: row
         for row in RunDir.open(str(run_dir))
@@ -197,7 +205,7 @@ def test_mixed_dpo_trains_on_the_offline_and_the_online_rejected_answer(
         sampled = [c for c in row["candidates"] if c["generator"] == "sampled"]
         assert len(sampled) == 2  # generation.sampling.num_samples
         # the fixed reference scores the offline level as the reference stage did
-        assert row["ref_logps"][1] == pytest.approx(stored["ref_logps"][-1], rel=1e-5)
+        assert row["ref_logps"][1] == pytest.approx(stored["ref_logps"][-1], rel=1e-4)
     log = rows_of(run_dir, "log")
     metrics = {r["metric"] for r in log if r["model"] == "aligned-online-r1"}
     assert {"accuracy/0-1", "accuracy/0-2"} <= metrics  # three levels trained

@@ -164,7 +164,8 @@ class OnlineRounds:
             result = self._round(number, policy)
             location = self.stage._location(result.run)
             committed = committed_model(location)
-            assert committed is not None  # _train commits the model it returns
+            if committed is None:
+                raise RuntimeError(f"round {number} returned without committing {location.uri}")
             policy = Policy(result.run.model, location.uri, committed.uri)
             # a round model has trained every round up to it: that is what tables compare
             steps = number * self.training.online.steps_per_round
@@ -224,7 +225,6 @@ class OnlineRounds:
             and not self.stage.force
         ):
             return done
-        self._check_fits()
         schema = "reference_logprobs" if self._scores_reference else "preferences"
         writers = {
             "preferences": self.run_dir.writer("train", round_dataset(number), schema),
@@ -300,7 +300,7 @@ class OnlineRounds:
         args = ("sampled", policy.name, policy.uri, 1, generation.sampling, *common)
         return ModelCandidates, generation.actors, args
 
-    def _check_fits(self) -> None:
+    def check_fits(self) -> None:
         """The round's pools run side by side; on a small Ray too many CPUs hang, not fail."""
         import ray
 

@@ -7,9 +7,14 @@ Ray Data actor pool; rows training must not see go to train/quarantine with the 
 planned run (training/runs.py: the training block's own recipe, and the arms of
 training.compare at every seed) trains on Ray Train + DeepSpeed (training/preference.py); a
 model committed with the same settings is not trained again, and a killed run resumes from its
-last checkpoint. Outputs: train/models/<model> (HF format), train/log (every logged window),
-train/runs (what each model is), train/answers and train/metrics (the world check of the
-policy and of every trained model), train/quarantine.
+last checkpoint. With training.online.rounds, the online rounds run after the offline runs
+(stages/online.py): round r generates with the last round's model (round 1: the policy), ranks,
+scores with the fixed reference and trains from those weights, keeping its data in
+train/round<r>_preferences (and train/round<r>_quarantine) and its model in
+train/models/<training.name>-online-r<r>; a round committed with the same settings is reused.
+Outputs: train/models/<model> (HF format), train/log (every logged window), train/runs (what
+each model is), train/answers and train/metrics (the world check of the policy and of every
+trained model, round models included), train/quarantine (every row set aside, the rounds' too).
 """
 
 from __future__ import annotations
@@ -97,21 +102,25 @@ class TrainStage(Stage):
 
     def config(self) -> dict[str, Any]:
         training = self.spec.training
-        policy = training.policy
-        rounds = training.online.rounds
-        # without rounds the online block is left out: run directories made before it existed
-        # stay complete
-        exclude = HOW_IT_RUNS if rounds else {**HOW_IT_RUNS, "online": True}
-        config = {
-            "seed": self.spec.seed,
-            "policy": model_uri(self.spec, self.run_dir, policy) if policy else None,
-            "training": training.model_dump(mode="json", exclude=exclude),
-        }
-        if rounds:
+        config = self.offline_config()
+        if training.online.rounds:
             from amp_ray.stages.online import rounds_config
 
+            config["training"]["online"] = training.online.model_dump(mode="json")
             config["online"] = rounds_config(self.spec, self.run_dir)
         return config
+
+    def offline_config(self) -> dict[str, Any]:
+        """What the offline runs depend on. The online block is not part of it: changing it
+        redoes the rounds alone, and run directories made before it existed stay complete."""
+        policy = self.spec.training.policy
+        return {
+            "seed": self.spec.seed,
+            "policy": model_uri(self.spec, self.run_dir, policy) if policy else None,
+            "training": self.spec.training.model_dump(
+                mode="json", exclude={**HOW_IT_RUNS, "online": True}
+            ),
+        }
 
     def preflight(self) -> None:
         if self.spec.training.policy is None:
@@ -126,6 +135,12 @@ class TrainStage(Stage):
         if self.force:
             self.run_dir.location.join(self.name, "ray").remove()
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
+        online = None
+        if training.online.rounds:
+            from amp_ray.stages.online import OnlineRounds
+
+            online = OnlineRounds(self, source, quarantine)
+            online.check_fits()  # now, not after hours of offline training
         encoded = self._encode(source, quarantine)
         rows = encoded.count()
         if rows == 0:
@@ -138,10 +153,8 @@ class TrainStage(Stage):
         for result in results:
             step_seconds.setdefault(result.run.arm, []).append(result.step_seconds)
         results += self._train_all(equal_time_runs(training, step_seconds), encoded)
-        if training.online.rounds:
-            from amp_ray.stages.online import OnlineRounds
-
-            results += OnlineRounds(self, source, quarantine).run()
+        if online is not None:
+            results += online.run()
         self._write_log(results)
         self._write_runs(results)
         policy = str(training.policy)
@@ -193,7 +206,7 @@ class TrainStage(Stage):
         recipe = start.recipe if start else self.spec.training.arm(run.arm)
         location = self._location(run)
         settings = {
-            "stage": self.config(),
+            "stage": self.offline_config(),
             "inputs": self.input_versions(),
             "run": asdict(run),
             "recipe": recipe.model_dump(mode="json", exclude={**HOW_IT_RUNS, "online": True}),
