@@ -130,8 +130,7 @@ def test_each_round_keeps_its_data_and_model_and_generates_with_the_last_model(
     # round 1 trained from the policy's weights, round 2 from round 1's committed ones
     first, second = (model_record(run_dir, f"aligned-online-r{n}") for n in (1, 2))
     assert first["metadata"]["settings"]["policy"] == tiny_dir
-    round1_weights = run_dir / "train" / "models" / "aligned-online-r1" / first["attempt"]
-    assert second["metadata"]["settings"]["policy"] == str(round1_weights)
+    assert second["metadata"]["settings"]["policy"] == f"aligned-online-r1@{first['attempt']}"
     runs = rows_of(run_dir, "runs")
     assert [(r["model"], r["arm"], r["steps"], r["budget"]) for r in runs] == [
         ("aligned", "aligned", 1, "steps"),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import posixpath
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -138,7 +139,7 @@ class Policy:
 
     name: str  # the candidates' source: training.policy, then the round models
     uri: str
-    version: str  # what identifies the weights (a round model's committed attempt)
+    version: str  # what identifies the weights: the policy's URI, or <round model>@<attempt>
 
 
 class OnlineRounds:
@@ -166,7 +167,9 @@ class OnlineRounds:
             committed = committed_model(location)
             if committed is None:
                 raise RuntimeError(f"round {number} returned without committing {location.uri}")
-            policy = Policy(result.run.model, location.uri, committed.uri)
+            # the attempt names the weights wherever the run directory is moved or copied
+            version = f"{result.run.model}@{posixpath.basename(committed.path)}"
+            policy = Policy(result.run.model, location.uri, version)
             # a round model has trained every round up to it: that is what tables compare
             steps = number * self.training.online.steps_per_round
             results.append(replace(result, run=replace(result.run, steps=steps)))
