@@ -279,3 +279,18 @@ def test_rounds_that_cannot_run_are_refused(tmp_path: Path) -> None:
     raw["training"]["lora"] = {"r": 4, "export": "adapter"}
     with pytest.raises(SpecError, match=r"set training\.lora\.export: merged"):
         validate_spec(raw)
+
+
+def test_the_reference_scorer_keeps_a_reason_set_upstream(
+    tiny_dir: str, world_items: list[dict]
+) -> None:
+    from amp_ray.generation.reference import ReferenceScorer
+
+    caption = next(item for item in world_items if item["task"] == "caption")
+    answers = [turn["answer"] for turn in caption["rounds"]]
+    good = {**caption, "levels": [{"answers": answers}, {"answers": ["a square."]}]}
+    dropped = {**caption, "item_id": "dropped", "levels": [], QUARANTINE_REASON: "no pair"}
+    scorer = ReferenceScorer("policy", tiny_dir, 0.0, 512, 8)
+    rows = scorer(pa.Table.from_pylist([{**good, QUARANTINE_REASON: None}, dropped])).to_pylist()
+    assert rows[0][QUARANTINE_REASON] is None and len(rows[0]["ref_logps"]) == 2
+    assert rows[1][QUARANTINE_REASON] == "no pair" and rows[1]["ref_logps"] == []
