@@ -67,7 +67,7 @@ class RunStart:
     recipe: TrainingSpec
     init_uri: str  # the weights it starts from (the last round's model)
     encoded_levels: list[int]  # the data levels its encoded rows hold
-    settings: dict[str, Any]  # added to what its committed model must match to be reused
+    settings: dict[str, Any]  # merged over the offline settings its committed model must match
 
 
 class TrainStage(Stage):
