@@ -58,7 +58,7 @@ def test_arms_are_checked_as_training_blocks() -> None:
             policy="p",
             compare={"arms": {"dpo": {"loss": "dpo", "levels": [0, 1]}}, "control": "sft"},
         )
-    with pytest.raises(ValueError, match=r"compare.arms.x: compare, name, policy and eval"):
+    with pytest.raises(ValueError, match=r"compare.arms.x: compare, name, policy, eval and online"):
         TrainingSpec(policy="p", compare={"arms": {"x": {"policy": "q"}}})
     # nested keys merge: the arm keeps the block's penalty weight and changes the rest
     spec = TrainingSpec(

@@ -126,5 +126,16 @@ def rows_not_in(batch: pa.Table, column: str, values: frozenset[str]) -> pa.Tabl
 
     if not values:
         return batch
+    return batch.filter(pc.invert(_found(batch, column, values)))
+
+
+def rows_in(batch: pa.Table, column: str, values: frozenset[str]) -> pa.Table:
+    """The rows whose `column` is one of `values` (e.g. an online round's subset of items)."""
+    return batch.filter(_found(batch, column, values))
+
+
+def _found(batch: pa.Table, column: str, values: frozenset[str]) -> pa.ChunkedArray:
+    import pyarrow.compute as pc
+
     found = pc.is_in(batch.column(column), value_set=pa.array(sorted(values), pa.string()))
-    return batch.filter(pc.invert(found))
+    return pc.fill_null(found, False)

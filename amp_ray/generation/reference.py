@@ -23,7 +23,8 @@ SCORED_ROWS = REFERENCE_LOGPROBS.append(pa.field(QUARANTINE_REASON, pa.string())
 
 
 class ReferenceScorer:
-    """Ray Data callable: PREFERENCES rows in, the same rows with `ref_logps` out."""
+    """Ray Data callable: PREFERENCES rows in, the same rows with `ref_logps` out (rows that
+    arrive with a quarantine reason pass through with it)."""
 
     def __init__(
         self,
@@ -50,7 +51,16 @@ class ReferenceScorer:
         rows = batch.to_pylist()
         sequences, owners = [], []
         for index, row in enumerate(rows):
-            row["ref_model"], row["ref_logps"], row[QUARANTINE_REASON] = self.model_name, [], None
+            # a row set aside upstream in the same chain (the online rounds' ranker) keeps its
+            # reason: it has no levels to score
+            upstream = row.get(QUARANTINE_REASON)
+            row["ref_model"], row["ref_logps"], row[QUARANTINE_REASON] = (
+                self.model_name,
+                [],
+                upstream,
+            )
+            if upstream is not None:
+                continue
             try:
                 encoded = encode_levels(
                     self.processor, row, self.round_weight_step, self.max_length, self.storage

@@ -159,6 +159,42 @@ class CompareSpec(Block):
     )
 
 
+class OnlineSpec(Block):
+    """Online and mixed alignment rounds after the offline runs (2407.02477 §2, §5;
+    docs/methods.md). Round r = 1..rounds makes new rejected answers with the current policy
+    (round 1: training.policy, then round r−1's model), ranks them with ranking.checker, scores
+    them with the fixed reference, and trains `steps_per_round` steps from the current weights:
+    DPO on [y+, ỹ−], or with `mix_offline` Mixed-DPO on [y+, offline y−, online ỹ−], where y−
+    is the item's worst offline level. β, optimizer, schedule, LoRA and the rest come from the
+    training block; neither loss has MDPO's penalty, so `penalty` does not apply. Each round is
+    its own run (a fresh optimizer and schedule), as in iterative online DPO."""
+
+    rounds: NonNegativeInt = Field(0, description="online rounds after the offline runs; 0: none")
+    steps_per_round: PositiveInt = Field(100, description="optimizer steps of each round")
+    generator: Literal["bdhs", "sampled"] = Field(
+        "bdhs",
+        description="bdhs: the policy completes the reference with the image hidden "
+        "(generation.bdhs); sampled: generation.sampling.num_samples answers of the policy",
+    )
+    mix_offline: bool = Field(
+        False, description="Mixed-DPO with each item's worst offline level as the offline y−"
+    )
+    items_per_round: PositiveInt | None = Field(
+        None, description="a stable subset of the preference items per round, new each round"
+    )
+
+    @model_validator(mode="after")
+    def _mixing_needs_rounds(self) -> OnlineSpec:
+        if self.rounds == 0 and self.mix_offline:
+            raise ValueError("mix_offline mixes offline and online pairs: it needs rounds >= 1")
+        return self
+
+    @property
+    def num_levels(self) -> int:
+        """Levels of an online item: [y+, ỹ−], or [y+, y−, ỹ−] when mixing."""
+        return 3 if self.mix_offline else 2
+
+
 class TrainingSpec(Block):
     """Preference training on Ray Train + DeepSpeed (AMP §3.2–3.3 and its public code)."""
 
@@ -197,6 +233,7 @@ class TrainingSpec(Block):
     max_length: PositiveInt = 2048
     encode_actors: ActorPoolSpec = ActorPoolSpec(batch_size=64)
     compare: CompareSpec = CompareSpec()
+    online: OnlineSpec = OnlineSpec()
     eval: WorldCheckSpec = Field(
         WorldCheckSpec(), description="the world check of the policy before and after training"
     )
@@ -244,10 +281,13 @@ class TrainingSpec(Block):
                     f"compare.arms.{arm}: an arm needs a name of its own (letters, digits, "
                     f"._-), other than training.name {self.name!r}"
                 )
-            if {"compare", "name", "policy", "eval"} & set(overrides):
+            if {"compare", "name", "policy", "eval", "online"} & set(overrides):
                 raise ValueError(
-                    f"compare.arms.{arm}: compare, name, policy and eval are the same for every arm"
+                    f"compare.arms.{arm}: compare, name, policy, eval and online are the same "
+                    "for every arm"
                 )
+            if arm == self.online_arm:
+                raise ValueError(f"compare.arms.{arm}: the online rounds' arm has this name")
             self.arm(arm)  # validates the overrides as a training block
         if compare.control is not None and compare.control not in compare.arms:
             raise ValueError(
@@ -260,7 +300,7 @@ class TrainingSpec(Block):
         """The training block with arm `name`'s overrides (nested keys merge)."""
         if name == self.name:
             return self
-        base = self.model_dump(exclude={"compare"})
+        base = self.model_dump(exclude={"compare", "online"})
         try:
             return TrainingSpec(**merged(base, self.compare.arms[name]))
         except ValidationError as exc:
@@ -268,6 +308,24 @@ class TrainingSpec(Block):
                 f"{'.'.join(map(str, e['loc'])) or 'training'}: {e['msg']}" for e in exc.errors()
             )
             raise ValueError(f"compare.arms.{name}: {problems}") from None
+
+    @property
+    def online_arm(self) -> str:
+        """The arm name of the online rounds' models in train/runs."""
+        return f"{self.name}-online"
+
+    def online_recipe(self) -> TrainingSpec:
+        """The training block one online round trains with: DPO on levels [0, 1], or Mixed-DPO
+        on [0, 1, 2], for `online.steps_per_round` steps; everything else is this block's."""
+        mixed = self.online.mix_offline
+        overrides = {
+            "loss": "mixed_dpo" if mixed else "dpo",
+            "num_levels": self.online.num_levels,
+            "levels": None,
+            "max_steps": self.online.steps_per_round,
+            "name": self.online_arm,
+        }
+        return TrainingSpec(**merged(self.model_dump(exclude={"compare", "online"}), overrides))
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

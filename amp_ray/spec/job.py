@@ -99,6 +99,22 @@ class JobSpec(Block):
             )
         return self
 
+    @model_validator(mode="after")
+    def _online_rounds_can_run(self) -> JobSpec:
+        training = self.training
+        if training.online.rounds == 0:
+            return self
+        if training.online.generator == "bdhs" and not self.generation.bdhs.rho_th:
+            raise ValueError(
+                "training.online.generator bdhs needs at least one generation.bdhs.rho_th"
+            )
+        if training.lora is not None and training.lora.export == "adapter":
+            raise ValueError(
+                "training.online.rounds start each round from the last round's model, which "
+                "needs whole weights: set training.lora.export: merged"
+            )
+        return self
+
     def model_references(self) -> list[tuple[str, str]]:
         """Every (field path, model name) pair in the spec that must name a known model."""
         refs: list[tuple[str, str | None]] = [

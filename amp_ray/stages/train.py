@@ -7,9 +7,14 @@ Ray Data actor pool; rows training must not see go to train/quarantine with the 
 planned run (training/runs.py: the training block's own recipe, and the arms of
 training.compare at every seed) trains on Ray Train + DeepSpeed (training/preference.py); a
 model committed with the same settings is not trained again, and a killed run resumes from its
-last checkpoint. Outputs: train/models/<model> (HF format), train/log (every logged window),
-train/runs (what each model is), train/answers and train/metrics (the world check of the
-policy and of every trained model), train/quarantine.
+last checkpoint. With training.online.rounds, the online rounds run after the offline runs
+(stages/online.py): round r generates with the last round's model (round 1: the policy), ranks,
+scores with the fixed reference and trains from those weights, keeping its data in
+train/round<r>_preferences (and train/round<r>_quarantine) and its model in
+train/models/<training.name>-online-r<r>; a round committed with the same settings is reused.
+Outputs: train/models/<model> (HF format), train/log (every logged window), train/runs (what
+each model is), train/answers and train/metrics (the world check of the policy and of every
+trained model, round models included), train/quarantine (every row set aside, the rounds' too).
 """
 
 from __future__ import annotations
@@ -55,6 +60,16 @@ class RunResult:
         return statistics.median(window["step_seconds"] for window in self.history)
 
 
+@dataclass(frozen=True)
+class RunStart:
+    """How a run that is not a planned offline one trains (an online round)."""
+
+    recipe: TrainingSpec
+    init_uri: str  # the weights it starts from (the last round's model)
+    encoded_levels: list[int]  # the data levels its encoded rows hold
+    settings: dict[str, Any]  # merged over the offline settings its committed model must match
+
+
 class TrainStage(Stage):
     name = "train"
     outputs = ("quarantine", "log", "runs", "answers", "metrics")
@@ -86,11 +101,25 @@ class TrainStage(Stage):
         return sorted({k for recipe in self.recipes().values() for k in trained_levels(recipe)})
 
     def config(self) -> dict[str, Any]:
+        training = self.spec.training
+        config = self.offline_config()
+        if training.online.rounds:
+            from amp_ray.stages.online import rounds_config
+
+            config["training"]["online"] = training.online.model_dump(mode="json")
+            config["online"] = rounds_config(self.spec, self.run_dir)
+        return config
+
+    def offline_config(self) -> dict[str, Any]:
+        """What the offline runs depend on. The online block is not part of it: changing it
+        redoes the rounds alone, and run directories made before it existed stay complete."""
         policy = self.spec.training.policy
         return {
             "seed": self.spec.seed,
             "policy": model_uri(self.spec, self.run_dir, policy) if policy else None,
-            "training": self.spec.training.model_dump(mode="json", exclude=HOW_IT_RUNS),
+            "training": self.spec.training.model_dump(
+                mode="json", exclude={**HOW_IT_RUNS, "online": True}
+            ),
         }
 
     def preflight(self) -> None:
@@ -106,6 +135,12 @@ class TrainStage(Stage):
         if self.force:
             self.run_dir.location.join(self.name, "ray").remove()
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
+        online = None
+        if training.online.rounds:
+            from amp_ray.stages.online import OnlineRounds
+
+            online = OnlineRounds(self, source, quarantine)
+            online.check_fits()  # now, not after hours of offline training
         encoded = self._encode(source, quarantine)
         rows = encoded.count()
         if rows == 0:
@@ -118,6 +153,8 @@ class TrainStage(Stage):
         for result in results:
             step_seconds.setdefault(result.run.arm, []).append(result.step_seconds)
         results += self._train_all(equal_time_runs(training, step_seconds), encoded)
+        if online is not None:
+            results += online.run()
         self._write_log(results)
         self._write_runs(results)
         policy = str(training.policy)
@@ -126,18 +163,22 @@ class TrainStage(Stage):
         check_models(self, models, training.eval, quarantine)
         return StageCounts(source.num_rows, rows, quarantine.commit().num_rows)
 
-    def _encode(self, source: Any, quarantine: Any) -> Any:
+    def _encode(self, source: Any, quarantine: Any, recipe: TrainingSpec | None = None) -> Any:
+        """The rows of `source` encoded for training: for the offline recipes, or for `recipe`
+        alone (an online round), with every level it trains on."""
         from amp_ray.data.levels import LevelEncoder
 
         training = self.spec.training
         pool = training.encode_actors
+        if recipe is None:
+            levels = (training.num_levels, self.encoded_levels(), self.reads_stored_reference())
+        else:
+            levels = (recipe.num_levels, trained_levels(recipe), recipe.reference == "precomputed")
         args = (
             model_uri(self.spec, self.run_dir, str(training.policy)),
             training.max_length,
             training.round_weight_step,
-            training.num_levels,
-            self.encoded_levels(),
-            self.reads_stored_reference(),
+            *levels,
             self.spec.storage,
         )
         rows = source.read_ray().repartition(target_num_rows_per_block=pool.batch_size)
@@ -156,25 +197,27 @@ class TrainStage(Stage):
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return list(pool.map(lambda run: self._train(run, encoded), runs))
 
-    def _train(self, run: PlannedRun, encoded: Any) -> RunResult:
-        """Train `run` unless its model is committed with the same settings."""
+    def _train(self, run: PlannedRun, encoded: Any, start: RunStart | None = None) -> RunResult:
+        """Train `run` unless its model is committed with the same settings. `start` is for a
+        run that is not a planned offline one (an online round)."""
         from amp_ray.training.launch import fit
         from amp_ray.training.preference import preference_loop
 
-        recipe = self.spec.training.arm(run.arm)
+        recipe = start.recipe if start else self.spec.training.arm(run.arm)
         location = self._location(run)
         settings = {
-            "stage": self.config(),
+            "stage": self.offline_config(),
             "inputs": self.input_versions(),
             "run": asdict(run),
-            "recipe": recipe.model_dump(mode="json", exclude=HOW_IT_RUNS),
+            "recipe": recipe.model_dump(mode="json", exclude={**HOW_IT_RUNS, "online": True}),
+            **(start.settings if start else {}),
         }
         if committed_model(location) and not self.force:
             metadata = json.loads(location.join("_model.json").read_bytes())["metadata"]
             if metadata.get("settings") == settings:
                 return RunResult(run, metadata["history"])
         attempt = new_model_attempt()
-        config = self._loop_config(recipe, run, location.uri, attempt)
+        config = self._loop_config(recipe, run, location.uri, attempt, start)
         # one Ray Train run per settings: a changed spec never resumes another's checkpoint
         result = fit(
             preference_loop,
@@ -190,16 +233,22 @@ class TrainStage(Stage):
         return RunResult(run, history)
 
     def _loop_config(
-        self, recipe: TrainingSpec, run: PlannedRun, output_uri: str, attempt: str
+        self,
+        recipe: TrainingSpec,
+        run: PlannedRun,
+        output_uri: str,
+        attempt: str,
+        start: RunStart | None = None,
     ) -> dict[str, Any]:
         from amp_ray.training.optim import EngineConfig
         from amp_ray.training.preference import PreferenceLoopConfig
 
+        # the reference stays the starting policy, wherever a run's weights start from
         policy = model_uri(self.spec, self.run_dir, str(recipe.policy))
         in_loop = recipe.loss != "sft" and recipe.reference == "in_loop"
-        encoded = self.encoded_levels()
+        encoded = start.encoded_levels if start else self.encoded_levels()
         return PreferenceLoopConfig(
-            init_path=policy,
+            init_path=start.init_uri if start else policy,
             reference_path=policy if in_loop else None,
             output_uri=output_uri,
             attempt=attempt,
@@ -250,9 +299,16 @@ class TrainStage(Stage):
         log = self.run_dir.dataset(self.name, "log").read_table()
         own = log.filter(pc.equal(log.column("model"), training.name))
         lines = [f"training of {training.name} ({training.loss}):", *training_table(own)]
+        if training.online.rounds:
+            from amp_ray.stages.online import round_model, rounds_summary
+
+            lines += rounds_summary(self.run_dir, training, log)
         metrics = self.run_dir.dataset(self.name, "metrics").read_table()
         if metrics.num_rows:
             runs = self.run_dir.dataset(self.name, "runs").read_table().to_pylist()
+            # the online recipe is its last round's model: earlier rounds are not more seeds
+            last = round_model(training, training.online.rounds) if training.online.rounds else ""
+            runs = [r for r in runs if r["arm"] != training.online_arm or r["model"] == last]
             control = training.compare.control
             lines += comparison_table(metrics, runs, str(training.policy), control)
         return lines

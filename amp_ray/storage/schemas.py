@@ -37,7 +37,7 @@ ITEMS = pa.schema(
 CANDIDATE = pa.struct(
     [
         ("candidate_id", pa.string()),  # unique within the item
-        ("generator", pa.string()),  # reference, meg, ig, bdhs, or import
+        ("generator", pa.string()),  # reference, meg, ig, bdhs, sampled (online), or import
         ("source", pa.string()),  # the model (or model@rho_th) that made it
         ("initial_rank", pa.int32()),  # rank before auto-check; 0 is the reference
         ("answers", pa.list_(pa.string())),  # one answer per dialogue round
@@ -152,9 +152,17 @@ TRAINING_LOG = pa.schema(
 TRAINING_RUNS = pa.schema(
     [
         _col("model", pa.string(), "the trained model (train/models/<model>)", nullable=False),
-        _col("arm", pa.string(), "its recipe: training.name or an arm of training.compare"),
+        _col(
+            "arm",
+            pa.string(),
+            "its recipe: training.name, an arm of training.compare, or <training.name>-online",
+        ),
         _col("seed", pa.int64(), "the seed of its data order and initialisation"),
-        _col("steps", pa.int64(), "optimizer steps it trained for"),
+        _col(
+            "steps",
+            pa.int64(),
+            "optimizer steps it trained for (an online round's model: every round up to it)",
+        ),
         _col("budget", pa.string(), "steps (the recipe's max_steps) or time (equal wall time)"),
         _col("step_seconds", pa.float64(), "median wall time of one optimizer step"),
         _col("final_loss", pa.float64(), "the loss of the last logged window"),
