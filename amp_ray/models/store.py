@@ -58,6 +58,14 @@ def committed_model(location: Location) -> Location | None:
     return location.join(json.loads(marker.read_bytes())["attempt"])
 
 
+def model_metadata(location: Location) -> dict[str, Any]:
+    """The metadata the committed model at `location` was committed with ({} if none)."""
+    marker = location.join(MARKER)
+    if not marker.exists():
+        return {}
+    return json.loads(marker.read_bytes())["metadata"]
+
+
 def local_model_path(reference: str, storage: Any = None) -> str:
     """A path or hub id that `from_pretrained` can open for `reference`."""
     looks_remote = "://" in reference and not reference.startswith("file://")

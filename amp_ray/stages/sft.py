@@ -24,13 +24,19 @@ import pyarrow.compute as pc
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri, root_model, run_in_dependency_order
-from amp_ray.models.store import commit_model, committed_model, local_model_path, new_model_attempt
+from amp_ray.models.store import (
+    commit_model,
+    committed_model,
+    local_model_path,
+    model_metadata,
+    new_model_attempt,
+)
 from amp_ray.runtime import (
     light_map,
     map_with_actor_pool,
 )
 from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, quarantine_only
 from amp_ray.storage.raysink import write_ray
 
 # sft settings that change how the stage runs, not what it makes
@@ -162,7 +168,7 @@ class SftStage(Stage):
             write_ray(
                 encoded[key],
                 {"quarantine": quarantine},
-                functools.partial(_bad_rows, stage=self.name),
+                functools.partial(quarantine_only, stage=self.name),
             )
         return encoded
 
@@ -181,7 +187,7 @@ class SftStage(Stage):
             encoded, functools.partial(_training_rows, fraction=run.data_fraction)
         ).materialize()
         settings = self._training_settings(name)
-        if committed_model(location) and _model_settings(location) == settings and not self.force:
+        if model_metadata(location).get("settings") == settings and not self.force:
             return train.count()
         attempt = new_model_attempt()
         seed = self.spec.seed + zlib.crc32(name.encode())
@@ -210,7 +216,9 @@ class SftStage(Stage):
 
         metrics = self.run_dir.dataset(self.name, "metrics").read_table()
         details = {
-            name: _model_final(self.run_dir.location.join(self.name, "models", name))
+            name: model_metadata(self.run_dir.location.join(self.name, "models", name)).get(
+                "final", {}
+            )
             for name in self.spec.sft.runs
         }
         return sft_table(metrics, self.spec, details)
@@ -222,25 +230,6 @@ def _commit_directory(directory: str, location: Any, metadata: dict[str, Any]) -
     attempt = new_model_attempt()
     upload_model_dir(directory, location, attempt)
     commit_model(location, attempt, metadata)
-
-
-def _model_settings(location: Any) -> Any:
-    import json
-
-    return json.loads(location.join("_model.json").read_bytes())["metadata"].get("settings")
-
-
-def _model_final(location: Any) -> dict[str, Any]:
-    import json
-
-    marker = location.join("_model.json")
-    if not marker.exists():
-        return {}
-    return json.loads(marker.read_bytes())["metadata"].get("final", {})
-
-
-def _bad_rows(batch: pa.Table, stage: str) -> dict[str, pa.Table]:
-    return {"quarantine": split_batch(batch, stage)[1]}
 
 
 def _training_rows(batch: pa.Table, fraction: float) -> pa.Table:

@@ -31,12 +31,12 @@ import pyarrow.compute as pc
 
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
-from amp_ray.models.store import commit_model, committed_model, new_model_attempt
+from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
 from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, quarantine_only
 from amp_ray.storage.raysink import write_ray
 from amp_ray.storage.run import fingerprint
 from amp_ray.training.runs import PlannedRun, arms, equal_step_runs, equal_time_runs
@@ -183,7 +183,9 @@ class TrainStage(Stage):
         )
         rows = source.read_ray().repartition(target_num_rows_per_block=pool.batch_size)
         encoded = map_with_actor_pool(rows, LevelEncoder, pool, args).materialize()
-        write_ray(encoded, {"quarantine": quarantine}, functools.partial(_bad, stage=self.name))
+        write_ray(
+            encoded, {"quarantine": quarantine}, functools.partial(quarantine_only, stage=self.name)
+        )
         # sorted by item id: a stored order every worker reads the same way
         return light_map(encoded, _good).sort("item_id").materialize()
 
@@ -212,10 +214,9 @@ class TrainStage(Stage):
             "recipe": recipe.model_dump(mode="json", exclude={**HOW_IT_RUNS, "online": True}),
             **(start.settings if start else {}),
         }
-        if committed_model(location) and not self.force:
-            metadata = json.loads(location.join("_model.json").read_bytes())["metadata"]
-            if metadata.get("settings") == settings:
-                return RunResult(run, metadata["history"])
+        metadata = model_metadata(location)
+        if metadata.get("settings") == settings and not self.force:
+            return RunResult(run, metadata["history"])
         attempt = new_model_attempt()
         config = self._loop_config(recipe, run, location.uri, attempt, start)
         # one Ray Train run per settings: a changed spec never resumes another's checkpoint
@@ -338,10 +339,6 @@ def _history(result: Any) -> list[dict[str, float]]:
     if not saved:
         raise RuntimeError("training ended without its metrics history in the last checkpoint")
     return json.loads(saved)
-
-
-def _bad(batch: pa.Table, stage: str) -> dict[str, pa.Table]:
-    return {"quarantine": split_batch(batch, stage)[1]}
 
 
 def _good(batch: pa.Table) -> pa.Table:

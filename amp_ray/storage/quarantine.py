@@ -72,3 +72,9 @@ def route_quarantine(batch: pa.Table, stage: str, good: str, bad: str) -> dict[s
         return {good: batch}
     good_rows, bad_rows = split_batch(batch, stage)
     return {good: good_rows, bad: bad_rows}
+
+
+def quarantine_only(batch: pa.Table, stage: str) -> dict[str, pa.Table]:
+    """A `write_ray` route that keeps only the rows with a reason, for `quarantine` (the good
+    rows of the batch are used elsewhere, not written)."""
+    return {"quarantine": split_batch(batch, stage)[1]}
