@@ -195,6 +195,7 @@ def test_docs_storage_md_shows_the_current_schemas() -> None:
         "reference_logprobs",
         "answers",
         "metrics",
+        "judgments",
         "training_log",
         "training_runs",
         "quarantine",

@@ -1,5 +1,6 @@
-"""The world check: models answer the eval splits' captions and POPE questions greedily on Ray
-Data actor pools, and the answers are scored against the world's ground truth. The SFT stage
+"""The world check: models answer the eval splits' captions, POPE questions and MRHal-style
+dialogues greedily on Ray Data actor pools, and the answers are scored against the world's ground
+truth (the dialogues with the MRHal rubric by the world's judge). The SFT stage
 checks its experts with it, the train stage the policy before and after alignment."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from amp_ray.storage.quarantine import route_quarantine
 from amp_ray.storage.raysink import write_ray
 from amp_ray.world.generate import SPLIT_MODES
 
-EVAL_TASKS = ("caption", "existence")
+EVAL_TASKS = ("caption", "existence", "dialogue")
 
 
 def check_models(
@@ -70,21 +71,30 @@ def check_models(
     return result
 
 
-def _shares(stage: Any, settings: WorldCheckSpec) -> dict[str, float]:
+def _shares(stage: Any, settings: WorldCheckSpec) -> dict[tuple[str, str], float]:
+    """(split, task) -> the share of its items the check answers."""
     splits = stage.spec.data.world.splits
+    wanted = {
+        "caption": settings.items_per_split,
+        "existence": settings.items_per_split / 6,  # 6 POPE questions per image
+        "dialogue": settings.dialogues_per_split,
+    }
     return {
-        name: min(1.0, settings.items_per_split / max(1, getattr(splits, name)))
+        (name, task): min(1.0, count / max(1, getattr(splits, name)))
         for name in SPLIT_MODES
         if name.startswith("eval")
+        for task, count in wanted.items()
     }
 
 
-def _eval_rows(batch: pa.Table, shares: dict[str, float]) -> pa.Table:
-    """The check's items: captions and POPE questions of the eval splits, about
-    `items_per_split` of each per split (a stable hash picks them; POPE keeps 6 per image)."""
-    rows = rows_where(rows_where(batch, "split", tuple(shares)), "task", EVAL_TASKS)
+def _eval_rows(batch: pa.Table, shares: dict[tuple[str, str], float]) -> pa.Table:
+    """The check's items: captions, POPE questions and dialogues of the eval splits, about
+    `items_per_split` captions and POPE questions and `dialogues_per_split` dialogues per split
+    (a stable hash picks them)."""
+    splits = tuple(sorted({split for split, _ in shares}))
+    rows = rows_where(rows_where(batch, "split", splits), "task", EVAL_TASKS)
     keep = [
-        in_fraction(item_id, shares[split] / (6 if task == "existence" else 1))
+        in_fraction(item_id, shares[(split, task)])
         for item_id, split, task in zip(
             rows.column("item_id").to_pylist(),
             rows.column("split").to_pylist(),

@@ -8,6 +8,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from amp_ray.evaluation.judging import JudgeFailure, JudgeRequest
+from amp_ray.evaluation.scores import by_question_type, mrhal_metrics
+from amp_ray.evaluation.world_judge import GroundTruthJudge
 from amp_ray.evaluation.world_metrics import (
     CaptionScore,
     caption_metrics,
@@ -17,7 +20,8 @@ from amp_ray.evaluation.world_metrics import (
 
 
 def world_metric_rows(answers: pa.Table) -> list[dict[str, Any]]:
-    """METRICS rows: CHAIR (captions), partner mention rate (bias), POPE (by category)."""
+    """METRICS rows: CHAIR (captions), partner mention rate (bias), POPE (by category), MRHal
+    (dialogues, rated by the world's judge)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in answers.to_pylist():
         if row["answers"]:
@@ -68,4 +72,33 @@ def group_metrics(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, float
             chosen = [i for i, f in enumerate(facts) if f["category"] == category]
             values = pope_metrics([texts[i] for i in chosen], [labels[i] for i in chosen])
             out.append((f"pope_{category}", values, len(chosen)))
+    dialogues = [r for r in rows if r["task"] == "dialogue"]
+    if dialogues:
+        out.append(mrhal_from_world(dialogues))
     return out
+
+
+def mrhal_from_world(rows: list[dict[str, Any]]) -> tuple[str, dict[str, float], int]:
+    """MRHal metrics of answered world dialogues, rated by the ground-truth judge; items it
+    cannot rate are counted in `failed` and left out."""
+    judge = GroundTruthJudge()
+    ratings: list[tuple[int, ...]] = []
+    types: list[list[str]] = []
+    failed = 0
+    for row in rows:
+        request = JudgeRequest(
+            "mrhal",
+            (),
+            tuple(row["questions"]),
+            tuple(row["references"]),
+            tuple(row["answers"]),
+            annotations=row["annotations"],
+        )
+        try:
+            ratings.append(judge.judge(request).ratings)
+        except JudgeFailure:
+            failed += 1
+            continue
+        types.append([facts["type"] for facts in json.loads(row["annotations"])["rounds"]])
+    values = {**mrhal_metrics(ratings), **by_question_type(ratings, types), "failed": failed}
+    return "mrhal", values, len(ratings)

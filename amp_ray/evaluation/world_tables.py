@@ -16,6 +16,8 @@ SFT_COLUMNS = (
     ("adv_F1", "pope_adversarial", "eval_bias_probe", "f1"),
     ("cooccur", "bias", "eval_bias_probe", "partner_rate"),
     ("control", "bias", "eval_control", "partner_rate"),
+    ("MRHal", "mrhal", "eval_bias_probe", "score_cumulative"),
+    ("MRHal_hal", "mrhal", "eval_bias_probe", "hallucination_rate_cumulative"),
     ("exact", "chair", "eval_iid", "exact_match"),
     ("no_eos", "chair", "eval_iid", "no_eos_rate"),
 )

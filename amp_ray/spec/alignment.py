@@ -377,11 +377,26 @@ class JudgeSpec(Block):
         return self
 
 
-class EvaluationSpec(Block):
-    """Hallucination benchmarks (MRHal-Bench protocol by default: greedy, beams 4, no-repeat 5)."""
+class BenchmarkFileSpec(Block):
+    """A published benchmark file (docs/formats.md): MRHal-Bench eval_gt.json, MMHal-Bench's
+    JSON, or POPE's JSONL (a file, or a directory of coco_pope_<category>.json)."""
 
-    benchmarks: list[Benchmark] = ["chair", "pope", "mrhal"]
-    models: list[str] = Field([], description="model names; default: every model the run made")
+    path: str = Field(description="local path or s3:// URI")
+    image_root: str | None = Field(None, description="folder the records' image names are in")
+
+
+class EvaluationSpec(Block):
+    """Hallucination benchmarks (MRHal-Bench protocol by default: greedy, beams 4, no-repeat 5).
+
+    A benchmark with an entry in `files` runs on that file; one without runs on the world's eval
+    splits (world data only): chair on captions, pope on existence questions, mrhal on the
+    multi-round dialogues, mmhal on each dialogue's second question asked alone."""
+
+    benchmarks: list[Benchmark] = ["chair", "pope", "mrhal", "mmhal"]
+    files: dict[Benchmark, BenchmarkFileSpec] = {}
+    models: list[str] = Field(
+        [], description="model names (trained ones too); default: every model the run made"
+    )
     decoding: SamplingSpec = SamplingSpec(
         do_sample=False,
         temperature=1.0,
@@ -389,5 +404,26 @@ class EvaluationSpec(Block):
         repetition_penalty=1.0,
         no_repeat_ngram_size=5,
     )
+    items_per_split: PositiveInt | None = Field(
+        None, description="world images per eval split, all their items (default: all)"
+    )
+    mrhal_mean_rate: Literal["rounds", "dialogue"] = Field(
+        "rounds",
+        description="hallucination_rate_mean: share of a dialogue's rounds (the definition) or "
+        "the public script's rule (a dialogue hallucinates when its mean rating is below 3)",
+    )
     judge: JudgeSpec = JudgeSpec()
     actors: ActorPoolSpec = ActorPoolSpec()
+    judge_actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=0.25, batch_size=16)
+
+    @model_validator(mode="after")
+    def _files_name_their_benchmarks(self) -> EvaluationSpec:
+        if "chair" in self.files:
+            raise ValueError(
+                "evaluation.files.chair: CHAIR needs per-image object annotations and runs on "
+                "the world's captions only; remove the entry"
+            )
+        missing = sorted(set(self.files) - set(self.benchmarks))
+        if missing:
+            raise ValueError(f"evaluation.files has {missing}, which benchmarks does not list")
+        return self

@@ -251,11 +251,15 @@ class ScalingSpec(Block):
 
 class WorldCheckSpec(Block):
     """The world check after SFT and after preference training: greedy answers to the eval
-    splits' captions and POPE questions, scored against the world's ground truth."""
+    splits' captions, POPE questions and multi-round dialogues, scored against the world's
+    ground truth (dialogues with the MRHal-Bench rubric, evaluation/world_judge.py)."""
 
     max_new_tokens: PositiveInt = 24
     items_per_split: PositiveInt = Field(
         300, description="captions, and POPE questions, answered per eval split"
+    )
+    dialogues_per_split: NonNegativeInt = Field(
+        100, description="MRHal-style dialogues answered per eval split (0: none)"
     )
     actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=0.5, batch_size=512)
 

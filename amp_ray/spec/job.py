@@ -129,5 +129,4 @@ class JobSpec(Block):
             (f"generation.ig.checkpoints[{i}]", n)
             for i, n in enumerate(self.generation.ig.checkpoints)
         ]
-        refs += [(f"evaluation.models[{i}]", n) for i, n in enumerate(self.evaluation.models)]
         return [(where, name) for where, name in refs if name is not None]

@@ -127,6 +127,20 @@ METRICS = pa.schema(
     metadata={"doc": "<stage>/metrics: one value per model, benchmark, split and metric"},
 )
 
+JUDGMENTS = pa.schema(
+    [
+        _col("item_id", pa.string(), "the item judged", nullable=False),
+        _col("model", pa.string(), "the model whose answers were judged", nullable=False),
+        _col("split", pa.string(), "the item's split (an eval split, mrhal, mmhal)"),
+        _col("benchmark", pa.string(), "mrhal or mmhal"),
+        _col("question_types", pa.list_(pa.string()), "the question type of every round"),
+        _col("ratings", pa.list_(pa.int64()), "the judge's 0-6 rating of every round"),
+        _col("judge", pa.string(), "ground_truth or openai:<model>"),
+        _col("response", pa.string(), "what the judge said (the world judge: its fact counts)"),
+    ],
+    metadata={"doc": "evaluate/judgments: the judge's ratings of every answered dialogue"},
+)
+
 QUARANTINE = pa.schema(
     [
         _col("stage", pa.string(), "the stage that set the row aside", nullable=False),
@@ -177,6 +191,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "reference_logprobs": REFERENCE_LOGPROBS,
     "answers": ANSWERS,
     "metrics": METRICS,
+    "judgments": JUDGMENTS,
     "training_log": TRAINING_LOG,
     "training_runs": TRAINING_RUNS,
     "quarantine": QUARANTINE,

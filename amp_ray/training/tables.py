@@ -35,6 +35,8 @@ def training_table(log: pa.Table) -> list[str]:
 # (header, benchmark, split, metric): the bias probe shows the trigger and never the partner
 COMPARED = (
     ("cooccur", "bias", "eval_bias_probe", "partner_rate"),
+    ("MRHal", "mrhal", "eval_bias_probe", "score_cumulative"),
+    ("MRHal_hal", "mrhal", "eval_bias_probe", "hallucination_rate_cumulative"),
     ("probe_CHi", "chair", "eval_bias_probe", "chair_i"),
     ("probe_rec", "chair", "eval_bias_probe", "recall"),
     ("iid_CHi", "chair", "eval_iid", "chair_i"),
