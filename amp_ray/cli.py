@@ -4,6 +4,7 @@
     amp-ray run SPEC [--stage NAME] [--force] [dotted.key=value ...]
     amp-ray schemas
     amp-ray export --format {amp_json,trl_dpo,pairs} [--pairs MODE] RUN_DIR DEST
+    amp-ray report RUN [RUN ...] [--out DIR]
 
 Problems a user can fix end with one message and a non-zero exit (2 for a bad spec, 1 for the
 rest), no traceback unless --debug is given.
@@ -74,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="run directory (local path or s3://...)")
     export.add_argument("dest", help="file to write: .json (amp_json, pairs) or .parquet (trl_dpo)")
     export.set_defaults(func=cmd_export)
+
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        help="write a Markdown and HTML report of runs' metrics with training plots",
+    )
+    report.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run directory (local path or s3://...)"
+    )
+    report.add_argument("--out", metavar="DIR", help="where to write (default: <first RUN>/report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -137,6 +149,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"skipped {len(report.skipped)} items the format cannot hold:", file=sys.stderr)
         for item_id, reason in report.skipped[:5]:
             print(f"  {item_id}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the headline table, write the report, and say where."""
+    import posixpath
+
+    from amp_ray.evaluation.report import write_report
+
+    out = args.out or posixpath.join(args.runs[0].rstrip("/"), "report")
+    paths = write_report(args.runs, out)
+    print("\n".join(paths.headline))
+    print(f"wrote {paths.markdown}, {paths.html} and {len(paths.images)} plots:")
+    for path in paths.images.values():
+        print(f"  {path}")
+    for name, why in paths.skipped.items():
+        print(f"  skipped {name}: {why}")
     return 0
 
 

@@ -15,8 +15,10 @@ from typing import Any
 import pyarrow as pa
 
 from amp_ray.evaluation.scores import MeanRateRule, by_question_type, mmhal_metrics, mrhal_metrics
-from amp_ray.evaluation.world_eval import group_metrics
+from amp_ray.evaluation.world_eval import group_metrics, metric_rows
+from amp_ray.world.generate import SPLIT_MODES
 
+WORLD_EVAL_SPLITS = frozenset(name for name in SPLIT_MODES if name.startswith("eval"))
 TASK_BENCHMARK = {"caption": "chair", "existence": "pope", "dialogue": "mrhal", "mmhal": "mmhal"}
 
 
@@ -41,7 +43,7 @@ def evaluation_metric_rows(
                 [r for r in files if r["task"] == "existence"]
             )
             for benchmark, values, count in results:
-                rows += _rows(model, benchmark, split, values, count)
+                rows += metric_rows(model, benchmark, split, values, count)
                 counted.add((model, benchmark, split))
     if judgments is not None:
         judged: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -55,11 +57,11 @@ def evaluation_metric_rows(
                 else mmhal_metrics([r[0] for r in ratings])
             )
             values |= by_question_type(ratings, [r["question_types"] for r in group])
-            rows += _rows(model, benchmark, split, values, len(group))
+            rows += metric_rows(model, benchmark, split, values, len(group))
             counted.add((model, benchmark, split))
-    for key in sorted(counted | set(failed)):
-        model, benchmark, split = key
-        rows += _rows(model, benchmark, split, {"failed": failed.get(key, 0)}, failed.get(key, 0))
+    for key in sorted(counted | set(failed)):  # key: (model, benchmark, split)
+        count = failed.get(key, 0)
+        rows += metric_rows(*key, {"failed": count}, count)
     return rows
 
 
@@ -77,20 +79,5 @@ def failures(quarantine: pa.Table | None) -> Counter[tuple[str, str, str]]:
 
 
 def _is_world(row: dict[str, Any]) -> bool:
-    return '"objects"' in (row["annotations"] or "")
-
-
-def _rows(
-    model: str, benchmark: str, split: str, values: dict[str, float], count: int
-) -> list[dict[str, Any]]:
-    return [
-        {
-            "model": model,
-            "benchmark": benchmark,
-            "split": split,
-            "metric": name,
-            "value": float(value),
-            "count": count,
-        }
-        for name, value in values.items()
-    ]
+    """World items live in the world's eval splits; benchmark files have their own splits."""
+    return (row["split"] or "") in WORLD_EVAL_SPLITS

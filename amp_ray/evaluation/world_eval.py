@@ -27,6 +27,18 @@ def world_metric_rows(answers: pa.Table) -> list[dict[str, Any]]:
         if row["answers"]:
             groups[(row["model"], row["split"])].append(row)
     return [
+        row
+        for (model, split), rows in sorted(groups.items())
+        for benchmark, values, count in group_metrics(rows)
+        for row in metric_rows(model, benchmark, split, values, count)
+    ]
+
+
+def metric_rows(
+    model: str, benchmark: str, split: str, values: dict[str, float], count: int
+) -> list[dict[str, Any]]:
+    """One METRICS row per value of one model, benchmark and split."""
+    return [
         {
             "model": model,
             "benchmark": benchmark,
@@ -35,8 +47,6 @@ def world_metric_rows(answers: pa.Table) -> list[dict[str, Any]]:
             "value": float(value),
             "count": count,
         }
-        for (model, split), rows in sorted(groups.items())
-        for benchmark, values, count in group_metrics(rows)
         for name, value in values.items()
     ]
 

@@ -369,6 +369,11 @@ class JudgeSpec(Block):
     max_retries: NonNegativeInt = 3
     requests_per_minute: PositiveInt = 60
     timeout_s: PositiveFloat = 60.0
+    cache_dir: str | None = Field(
+        None,
+        description="directory of cached judgments (one JSON file per item); "
+        "default: $XDG_CACHE_HOME/amp_ray/judge, else ~/.cache/amp_ray/judge",
+    )
 
     @model_validator(mode="after")
     def _endpoint_for_llm(self) -> JudgeSpec:
@@ -378,11 +383,13 @@ class JudgeSpec(Block):
 
 
 class BenchmarkFileSpec(Block):
-    """A published benchmark file (docs/formats.md): MRHal-Bench eval_gt.json, MMHal-Bench's
-    JSON, or POPE's JSONL (a file, or a directory of coco_pope_<category>.json)."""
+    """A published benchmark file (layouts: amp_ray/evaluation/benchmarks.py): MRHal-Bench's
+    eval_gt.json, MMHal-Bench's JSON, or POPE's JSONL (a labelled file, a directory of
+    coco_pope_<category>.json, or a questions file with `labels`)."""
 
     path: str = Field(description="local path or s3:// URI")
     image_root: str | None = Field(None, description="folder the records' image names are in")
+    labels: str | None = Field(None, description="POPE only: the labels file or folder")
 
 
 class EvaluationSpec(Block):
