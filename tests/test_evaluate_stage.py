@@ -251,3 +251,22 @@ def test_models_default_to_every_model_the_run_made(tmp_path: Path) -> None:
     unknown = validate_spec({**raw, "evaluation": {"models": ["dpo-seed7"]}})
     with pytest.raises(SpecError, match="dpo-seed7"):
         EvaluateStage(unknown, run).models()
+
+
+def test_a_missing_judge_key_stops_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AMP_RAY_TEST_JUDGE_KEY", raising=False)
+    raw = tiny_world_spec(str(tmp_path / "run"), stages=["data", "evaluate"])
+    raw["models"] = {"base": {"path": str(tmp_path / "model")}}
+    raw["evaluation"] = {
+        "judge": {
+            "kind": "openai",
+            "base_url": "https://judge.example.com/v1",
+            "model": "m",
+            "api_key_env": "AMP_RAY_TEST_JUDGE_KEY",
+        }
+    }
+    with pytest.raises(SpecError, match="AMP_RAY_TEST_JUDGE_KEY"):
+        run_job(validate_spec(raw), echo=lambda line: None)
+    assert not (tmp_path / "run" / "data").exists()

@@ -65,6 +65,10 @@ class EvaluateStage(Stage):
                 "the ground_truth judge rates world items only; a benchmark file needs an LLM",
                 hint="set evaluation.judge.kind: openai with base_url and model",
             )
+        if self.spec.evaluation.judge.kind == "openai":
+            from amp_ray.evaluation.llm_judge import read_api_key
+
+            read_api_key(self.spec.evaluation.judge)  # a missing key stops before Ray starts
 
     def _world_benchmarks(self) -> list[str]:
         evaluation = self.spec.evaluation
