@@ -15,6 +15,37 @@ from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ANSWERS
 
 
+def answer_with_models(
+    items: Any,
+    models: dict[str, str],
+    sampling: SamplingSpec,
+    pool: Any,
+    writers: dict[str, Any],
+    route: Any,
+    storage: Any = None,
+    dtypes: dict[str, str] | None = None,
+) -> None:
+    """Every model (name -> URI) answers the Ray dataset `items` on its own actor pool; the rows
+    go to `writers` through `route` (answers, and the quarantine of items it cannot answer).
+    Models are answered side by side, as many at once as leave CPUs for reading."""
+    from amp_ray.runtime import batched, concurrent_pools, map_with_actor_pool
+    from amp_ray.storage.raysink import write_ray
+
+    dtypes = dtypes or {}
+    for wave in batched(list(models), concurrent_pools(pool)):
+        per_model = [
+            map_with_actor_pool(
+                items,
+                AnswerGenerator,
+                pool,
+                (name, models[name], sampling, dtypes.get(name, "auto"), pool.num_cpus, storage),
+            )
+            for name in wave
+        ]
+        generated = per_model[0].union(*per_model[1:]) if len(wave) > 1 else per_model[0]
+        write_ray(generated, writers, route)
+
+
 class AnswerGenerator:
     """Ray Data callable: item rows in, the model's answers to every round out (ANSWERS schema,
     plus the quarantine column for items it could not answer)."""

@@ -11,11 +11,10 @@ from typing import Any
 import pyarrow as pa
 
 from amp_ray.data.items import in_fraction, rows_where
-from amp_ray.runtime import batched, concurrent_pools, light_map, map_with_actor_pool
+from amp_ray.runtime import light_map
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import WorldCheckSpec
 from amp_ray.storage.quarantine import route_quarantine
-from amp_ray.storage.raysink import write_ray
 from amp_ray.world.generate import SPLIT_MODES
 
 EVAL_TASKS = ("caption", "existence", "dialogue")
@@ -27,7 +26,7 @@ def check_models(
     """Answers of every model (name -> URI) to the check's items, written to <stage>/answers
     (items a model cannot answer to `quarantine`), and their world metrics to <stage>/metrics,
     which is returned. Data that is not the world commits both empty."""
-    from amp_ray.evaluation.answers import AnswerGenerator
+    from amp_ray.evaluation.answers import answer_with_models
     from amp_ray.evaluation.world_eval import world_metric_rows
 
     answers = stage.run_dir.writer(stage.name, "answers", "answers")
@@ -46,20 +45,10 @@ def check_models(
         route = functools.partial(
             route_quarantine, stage=stage.name, good="answers", bad="quarantine"
         )
-        pool = settings.actors
-        # Models are answered side by side, as many at once as leave CPUs for reading.
-        for wave in batched(list(models), concurrent_pools(pool)):
-            per_model = [
-                map_with_actor_pool(
-                    eval_items,
-                    AnswerGenerator,
-                    pool,
-                    (name, models[name], sampling, "auto", pool.num_cpus, stage.spec.storage),
-                )
-                for name in wave
-            ]
-            generated = per_model[0].union(*per_model[1:]) if len(wave) > 1 else per_model[0]
-            write_ray(generated, {"answers": answers, "quarantine": quarantine}, route)
+        writers = {"answers": answers, "quarantine": quarantine}
+        answer_with_models(
+            eval_items, models, sampling, settings.actors, writers, route, stage.spec.storage
+        )
     committed = answers.commit()
     table = (
         stage.run_dir.dataset(stage.name, "answers").read_table() if committed.num_rows else None

@@ -20,7 +20,7 @@ import pyarrow as pa
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
-from amp_ray.runtime import batched, concurrent_pools, light_map, map_with_actor_pool
+from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.quarantine import route_quarantine
 from amp_ray.world.generate import SPLIT_MODES
@@ -81,7 +81,7 @@ class EvaluateStage(Stage):
         """name -> URI of every model to evaluate: evaluation.models, or every model the run
         made or named (base models, SFT runs, the train stage's models)."""
         trained = self._trained()
-        names = list(self.spec.evaluation.models) or [*self.spec.models, *self.spec.sft.runs]
+        names = self._requested()
         if not self.spec.evaluation.models:
             names += [name for name in trained if name not in names]
         out: dict[str, str] = {}
@@ -106,26 +106,25 @@ class EvaluateStage(Stage):
         return {name: self.run_dir.location.join("train", "models", name).uri for name in names}
 
     def run(self) -> StageCounts:
-        from amp_ray.evaluation.answers import AnswerGenerator
-        from amp_ray.storage.raysink import write_ray
+        from amp_ray.evaluation.answers import answer_with_models
 
         evaluation = self.spec.evaluation
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         answers = self.run_dir.writer(self.name, "answers", "answers")
         items, rows_in = self._items(quarantine)
         route = functools.partial(route_quarantine, stage=self.name, good="answers", bad="q")
-        models = self.models()
-        pool = evaluation.actors
-        for wave in batched(list(models), concurrent_pools(pool)):
-            args = [
-                (name, models[name], evaluation.decoding, "auto", pool.num_cpus) for name in wave
-            ]
-            per_model = [
-                map_with_actor_pool(items, AnswerGenerator, pool, (*a, self.spec.storage))
-                for a in args
-            ]
-            generated = per_model[0].union(*per_model[1:]) if len(wave) > 1 else per_model[0]
-            write_ray(generated, {"answers": answers, "q": quarantine}, route)
+        # a model of `models` loads in its spec's dtype; SFT and trained models in their own
+        dtypes = {name: spec.dtype for name, spec in self.spec.models.items()}
+        answer_with_models(
+            items,
+            self.models(),
+            evaluation.decoding,
+            evaluation.actors,
+            {"answers": answers, "q": quarantine},
+            route,
+            self.spec.storage,
+            dtypes,
+        )
         answered = answers.commit()
         judgments = self._judge(quarantine) if answered.num_rows else None
         quarantine.commit()
