@@ -40,10 +40,12 @@ def run_job(
     force: bool = False,
     verbose: bool = False,
     echo: Callable[[str], None] = print,
+    run: RunDir | None = None,
 ) -> list[StageReport]:
-    """Run the selected stages of `spec`; return one report per stage."""
+    """Run the selected stages of `spec`; return one report per stage. `run`: the run directory
+    when it is not simply spec.storage.run_dir (a sweep trial's, linked to its run's stages)."""
     names = select_stages(spec, only)
-    run = RunDir.open(spec.storage.run_dir, spec.storage)
+    run = run or RunDir.open(spec.storage.run_dir, spec.storage)
     stages = [STAGES[name](spec, run, force) for name in names]
     for stage in stages:
         stage.preflight()

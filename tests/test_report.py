@@ -230,8 +230,37 @@ def test_two_runs_keep_their_models_apart(tmp_path: Path) -> None:
     assert "pair_accuracy" in paths.images  # drawn from the run that has a log
     assert "Runs without train/log, not drawn: b." in Path(paths.markdown).read_text()
     lines = headline_lines([str(first), str(second)])
-    assert lines[0].split()[:3] == ["model", "MRHal", "MRHal_hal"]
+    assert lines[0].split()[:3] == ["model", "cooccur", "CHAIR_i"]
     assert any(line.startswith("b/mdpo-s0 ") and " 4.250 " in line for line in lines)
+
+
+def test_the_terminal_headline_shows_the_evaluated_models_one_column_per_metric(
+    tmp_path: Path,
+) -> None:
+    run = RunDir.open(str(tmp_path / "run"))
+    write(run, "sft", "metrics", "metrics", world("base", 0.30, 0.50) + world("other", 0.2, 0.4))
+    rated = [
+        *world("base", 0.31, 0.5),
+        *world("mdpo", 0.12, 0.2),
+        metric("base", "mrhal", "eval_iid", "hallucination_rate_cumulative", 0.5, 30),
+        metric("base", "mrhal", "eval_control", "hallucination_rate_cumulative", 0.3, 10),
+        metric("mdpo", "mrhal", "eval_iid", "hallucination_rate_cumulative", 0.2, 30),
+        metric("mdpo", "mrhal", "eval_control", "hallucination_rate_cumulative", 0.6, 10),
+        metric("mdpo", "mrhal", "eval_iid", "failed", 2, 30),
+    ]
+    write(run, "evaluate", "metrics", "metrics", rated)
+    lines = headline_lines([str(run.uri)])
+    header, *rows = [line.split() for line in lines[:3]]
+    assert header == ["model", "cooccur", "CHAIR_i", "recall", "POPE_F1", "MRHal_hal", "failed"]
+    # evaluated models only (not the SFT model the world check saw); MRHal_hal weighted by items
+    assert rows == [
+        ["base", "0.400", "0.310", "0.700", "0.810", f"{(0.5 * 30 + 0.3 * 10) / 40:.3f}", "0"],
+        ["mdpo", "0.400", "0.120", "0.700", "0.810", f"{(0.2 * 30 + 0.6 * 10) / 40:.3f}", "2"],
+    ]
+    legend = " ".join(" ".join(line.split()) for line in lines[3:])
+    assert "MRHal_hal = mrhal/hallucination_rate_cumulative (mean over eval_control, eval_iid)" in (
+        legend
+    )
 
 
 def test_many_models_are_drawn_as_arm_means(tmp_path: Path) -> None:
@@ -265,8 +294,8 @@ def test_the_cli_prints_the_headline_and_writes_under_the_run(
     run = make_run(tmp_path / "demo")
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:3] == ["model", "MRHal", "MRHal_hal"]
-    assert re.search(r"^mdpo-s0 +4\.250 +0\.125 +2 ", out, re.M)
+    assert out.splitlines()[0].split()[:3] == ["model", "cooccur", "CHAIR_i"]
+    assert re.search(r"^mdpo-s0 .* 4\.250 +0\.125 .* 2$", out, re.M)  # 2 failed items
     assert f"wrote {run / 'report' / 'report.md'}" in out
     assert (run / "report" / "report.html").exists()
     assert main(["report", str(tmp_path / "absent")]) == 1

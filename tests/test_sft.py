@@ -118,3 +118,25 @@ def test_zero3_exports_a_complete_model(tiny_dir: str, encoded, tmp_path: Path) 
         if p.shape == q.shape and not p.equal(q)
     ]
     assert len(changed) > 10 and all(p.numel() for p in trained.parameters())
+
+
+def test_runs_from_hub_ids_share_an_encoding_by_id_without_a_download(tmp_path: Path) -> None:
+    from amp_ray.spec import validate_spec
+    from amp_ray.stages.sft import SftStage
+    from amp_ray.storage import RunDir
+
+    spec = validate_spec(
+        {
+            "name": "hub",
+            "stages": ["sft"],
+            "storage": {"run_dir": str(tmp_path)},
+            "models": {
+                "a": {"path": "llava-hf/llava-1.5-7b-hf"},
+                "b": {"path": "llava-hf/llava-1.5-13b-hf"},
+            },
+            "sft": {"runs": {"a1": {"init": "a"}, "a2": {"init": "a1"}, "b1": {"init": "b"}}},
+        }
+    )
+    stage = SftStage(spec, RunDir.open(str(tmp_path)))
+    keys = {name: stage._processor_key(name) for name in ("a1", "a2", "b1")}
+    assert keys["a1"] == keys["a2"] != keys["b1"]

@@ -4,10 +4,10 @@
     amp-ray report runs/demo [runs/other ...] [--out DIR]
 
 It reads, in each run directory, whichever of sft/metrics, train/metrics, evaluate/metrics,
-train/log and train/runs exist. When a model has the same (benchmark, split, metric) in several
-stages' metrics, the evaluate stage's value is shown over train's over sft's: the evaluate stage
-runs the full benchmarks, the world check of sft and train is the quick look on the way. The
-report says which values were shadowed so.
+train/log, train/runs and sweep/results exist. When a model has the same (benchmark, split,
+metric) in several stages' metrics, the evaluate stage's value is shown over train's over sft's:
+the evaluate stage runs the full benchmarks, the world check of sft and train is the quick look
+on the way. The report says which values were shadowed so.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import html
 import math
 import posixpath
-import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,9 @@ from typing import Any
 
 from amp_ray.errors import DataError, StorageError
 from amp_ray.evaluation import report_plots as plots
+from amp_ray.evaluation.report_blocks import FAILED, Block, Heading, Image, Items, Para, Table, fmt
+from amp_ray.evaluation.report_sweep import PLOT, SweepData, read_sweep, sweep_blocks
+from amp_ray.evaluation.report_terminal import terminal_lines
 from amp_ray.storage.location import Location, open_location
 from amp_ray.storage.run import RunDir
 
@@ -42,7 +44,6 @@ HEADLINE = (
     ("recall", "chair", "recall", ("eval_iid",)),
     ("cooccur", "bias", "partner_rate", ("eval_bias_probe",)),
 )
-FAILED = "failed"  # the metric whose value is a count of items the judge could not rate
 PRECEDENCE_NOTE = (
     "When a model has the same benchmark, split and metric in several stages' metrics, the "
     "value of evaluate/metrics is shown over train/metrics over sft/metrics."
@@ -73,6 +74,7 @@ class ReportData:
     log: list[dict[str, Any]] = field(default_factory=list)  # train/log rows, models labelled
     arms: dict[str, str] = field(default_factory=dict)  # model label -> arm, from train/runs
     read: dict[str, list[str]] = field(default_factory=dict)  # run label -> datasets read
+    sweeps: dict[str, SweepData] = field(default_factory=dict)  # run label -> its sweep
 
     def label(self, run: str, model: str) -> str:
         return model if len(self.runs) == 1 else f"{run}/{model}"
@@ -124,7 +126,11 @@ def load(runs: Sequence[str], storage: Any = None) -> ReportData:
         data.read[label] = []
         _read_metrics(data, label, run)
         _read_training(data, label, run)
-    if not data.metrics and not data.log:
+        sweep = read_sweep(run)
+        if sweep is not None:
+            data.read[label].append("sweep/results")
+            data.sweeps[label] = sweep
+    if not data.metrics and not data.log and not data.sweeps:
         raise DataError(
             f"{', '.join(runs)}: no sft/, train/ or evaluate/metrics and no train/log",
             hint="run the sft, train or evaluate stage first",
@@ -189,16 +195,6 @@ def _read_training(data: ReportData, label: str, run: RunDir) -> None:
 
 
 # -- tables -----------------------------------------------------------------------------------
-
-
-def fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    if metric == FAILED:
-        return str(round(value))
-    return f"{value:.3f}"
 
 
 def _matches(split: str, wanted: tuple[str, ...]) -> int | None:
@@ -328,61 +324,7 @@ def headline_lines(runs: Sequence[str], storage: Any = None) -> list[str]:
     return terminal_lines(load(runs, storage))
 
 
-def terminal_lines(data: ReportData) -> list[str]:
-    columns = headline_columns(data)
-    if not columns:
-        return [f"no headline metrics in {', '.join(data.runs.values())}"]
-    names = [data.label(run, model) for run, model in data.models()]
-    width = max(len("model"), *(len(name) for name in names))
-    widths = [max(8, len(c.label)) for c in columns]
-    lines = [
-        f"{'model':<{width}}"
-        + "".join(f" {c.label:>{w}}" for c, w in zip(columns, widths, strict=True))
-    ]
-    for (run, model), name in zip(data.models(), names, strict=True):
-        cells = [
-            fmt(c.metric, data.value(run, model, c.benchmark, c.split, c.metric)) for c in columns
-        ]
-        lines.append(
-            f"{name:<{width}}" + "".join(f" {v:>{w}}" for v, w in zip(cells, widths, strict=True))
-        )
-    legend = "; ".join(f"{c.label} = {c.title}" for c in columns)
-    lines += textwrap.wrap(legend, 100, initial_indent="  ", subsequent_indent="  ")
-    return lines
-
-
 # -- the document -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-
-
-@dataclass(frozen=True)
-class Items:
-    items: list[str]
-
-
-@dataclass(frozen=True)
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass(frozen=True)
-class Image:
-    src: str  # relative to the report
-    alt: str
-
-
-Block = Heading | Para | Items | Table | Image
 
 
 def document(data: ReportData, figures: list[plots.Plot]) -> list[Block]:
@@ -402,7 +344,9 @@ def document(data: ReportData, figures: list[plots.Plot]) -> list[Block]:
         blocks.append(Para("Columns: " + "; ".join(f"{c.label} = {c.title}" for c in columns)))
     else:
         blocks.append(Para("No headline metric in these runs."))
-    blocks += plot_blocks(figures)
+    sweep_drawn = any(f.name == PLOT and f.png is not None for f in figures)
+    blocks += sweep_blocks(data.sweeps, sweep_drawn)
+    blocks += plot_blocks([f for f in figures if f.name != PLOT])
     tables = benchmark_tables(data)
     if tables:
         blocks.append(Heading(2, "Every metric, by benchmark"))
@@ -532,5 +476,16 @@ def write_report(runs: list[str], out: str, storage: Any = None) -> ReportPaths:
         html=page.uri,
         images=images,
         skipped={f.name: f.skipped for f in drawn if f.skipped is not None},
-        headline=terminal_lines(data),
+        headline=terminal_lines(data) + sweep_lines(data),
     )
+
+
+def sweep_lines(data: ReportData) -> list[str]:
+    """Each sweep's summary table, as the sweep stage printed it."""
+    from amp_ray.sweep.results import summary_lines
+
+    return [
+        line
+        for sweep in data.sweeps.values()
+        for line in summary_lines(sweep.rows, sweep.metric, sweep.mode, sweep.own_arm)
+    ]

@@ -1,5 +1,5 @@
 """The report's figures, as PNG bytes: training loss, per-pair reward accuracy, hallucination
-rate per model, and score by question type.
+rate per model, score by question type, and a sweep's objective per point.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no display is needed and no
 global backend or figure state is touched, so the driver process and the tests can draw safely.
@@ -189,6 +189,34 @@ def score_type_plot(panels: dict[str, dict[str, dict[str, float]]], arms: dict[s
     return Plot(name, title, _png(fig), note=next((n for n in notes if n), ""))
 
 
+def grouped_bars(
+    name: str, title: str, bars: list[tuple[str, str, float, float]], ylabel: str
+) -> Plot:
+    """Bars grouped on x by their first field, one colour per second field, with sd whiskers:
+    (group, series, mean, sd)."""
+    groups = list(dict.fromkeys(g for g, *_ in bars))
+    series = list(dict.fromkeys(s for _, s, *_ in bars))
+    fig = _figure(min(30.0, max(6.0, 0.9 * len(groups) * max(1, len(series)) + 2)), 4.5)
+    ax = fig.add_subplot()
+    width = min(0.25, 0.8 / len(series))
+    for i, (label, color) in enumerate(zip(series, _colors(len(series)), strict=True)):
+        chosen = [(groups.index(g), m, sd) for g, s, m, sd in bars if s == label]
+        xs = [x + width * (i + 0.5 - len(series) / 2) for x, *_ in chosen]
+        container = ax.bar(
+            xs, [m for _, m, _ in chosen], width=width, yerr=[sd for *_, sd in chosen],
+            capsize=3, color=color, label=label,
+        )  # fmt: skip
+        ax.bar_label(container, fmt="%.3f", fontsize=7)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    # points are long labels (beta=0.1 levels=[0, 3]): tilt them before they run into each other
+    _rotate_ticks(ax, len(groups) if max(map(len, groups)) < 12 else 6)
+    ax.set(ylabel=ylabel, title=title)
+    ax.margins(y=0.12)
+    _legend(ax, len(series))
+    return Plot(name, title, _png(fig))
+
+
 def figures(data: ReportData) -> list[Plot]:
     without_log = [label for label, read in data.read.items() if "train/log" not in read]
     why = f"no train/log in {', '.join(without_log)} (the train stage has not run there)"
@@ -203,7 +231,12 @@ def figures(data: ReportData) -> list[Plot]:
             dataclasses.replace(p, note=f"{p.note} {note}".strip()) if p.png else p
             for p in training
         ]
-    return [*training, hallucination_plot(hallucination_bars(data)), score_plot(data)]
+    drawn = [*training, hallucination_plot(hallucination_bars(data)), score_plot(data)]
+    if data.sweeps:
+        from amp_ray.evaluation.report_sweep import sweep_plot
+
+        drawn.append(sweep_plot(data.sweeps))
+    return drawn
 
 
 def _first(

@@ -25,13 +25,13 @@ def check_models(
 ) -> pa.Table:
     """Answers of every model (name -> URI) to the check's items, written to <stage>/answers
     (items a model cannot answer to `quarantine`), and their world metrics to <stage>/metrics,
-    which is returned. Data that is not the world commits both empty."""
+    which is returned. Data that is not the world, or a check not enabled, commits both empty."""
     from amp_ray.evaluation.answers import answer_with_models
     from amp_ray.evaluation.world_eval import world_metric_rows
 
     answers = stage.run_dir.writer(stage.name, "answers", "answers")
     metrics = stage.run_dir.writer(stage.name, "metrics", "metrics")
-    if stage.spec.data.source == "world" and models:
+    if stage.spec.data.source == "world" and models and settings.enabled:
         sampling = SamplingSpec(
             max_new_tokens=settings.max_new_tokens,
             do_sample=False,

@@ -5,6 +5,7 @@ Defaults follow the papers (AMP arXiv 2405.11165, BDHS arXiv 2407.02477); docs/m
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Annotated, Any, Literal
 
@@ -340,21 +341,67 @@ def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 class SweepSpec(Block):
-    """A Ray Tune sweep: each trial overrides spec keys (dotted paths) and trains and evaluates."""
+    """A Ray Tune sweep: each trial trains and evaluates the spec with some keys overridden.
 
-    parameters: dict[str, list[Any]] = Field({}, description="dotted spec path -> values (grid)")
-    num_seeds: PositiveInt = 1
-    metric: str = "hallucination_rate"
+    `parameters` maps a dotted spec path to the values it takes; the trials are the grid of all
+    of them, each at `num_seeds` training seeds. Paths joined by commas move together: the key
+    `training.loss,training.levels` with values `[[mdpo, [0, 1, 2, 3]], [dpo, [0, 3]]]` is two
+    points, not four. A trial reuses the run's stages its overrides leave unchanged and runs the
+    rest, then train and evaluate, in sweep/trials/<trial>/."""
+
+    parameters: dict[str, list[Any]] = Field(
+        {}, description="dotted spec path (or comma-joined paths) -> values; the grid of them"
+    )
+    num_seeds: PositiveInt = Field(1, description="each point trains at this many seeds")
+    metric: str = Field(
+        "mrhal/hallucination_rate_cumulative",
+        pattern=r"^[^/\s]+(/[^/\s]+)?/[^/\s]+$",
+        description="benchmark/metric (mean over its splits, by item count) or "
+        "benchmark/split/metric of evaluate/metrics; the best point is chosen by it",
+    )
     mode: Literal["min", "max"] = "min"
     max_concurrent_trials: PositiveInt = 2
+    share_cpus: bool = Field(
+        True,
+        description="divide each trial's CPU requests (train workers, actor pools) by the "
+        "trials running at once, so that they fit where one run did (two on 2 CPUs); GPU "
+        "requests are kept: on a cluster each trial gets training.scaling's GPUs",
+    )
 
     @model_validator(mode="after")
     def _non_empty_grids(self) -> SweepSpec:
-        for path, values in self.parameters.items():
+        for key, values in self.parameters.items():
+            paths = key.split(",")
             if not values:
-                raise ValueError(f"sweep.parameters[{path!r}] has no values")
+                raise ValueError(f"sweep.parameters[{key!r}] has no values")
+            if any(not path.strip() or path.split(".")[0] in UNSWEPT for path in paths):
+                raise ValueError(
+                    f"sweep.parameters[{key!r}]: {', '.join(sorted(UNSWEPT))} cannot be swept"
+                )
+            if len(paths) > 1 and any(
+                not isinstance(v, list) or len(v) != len(paths) for v in values
+            ):
+                raise ValueError(
+                    f"sweep.parameters[{key!r}] joins {len(paths)} paths: each value must be a "
+                    f"list of {len(paths)} values, one per path"
+                )
         return self
 
+    def points(self) -> list[dict[str, Any]]:
+        """The grid: one dict of dotted path -> value per point, in a stable order."""
+        keys = list(self.parameters)
+        out = []
+        for values in itertools.product(*(self.parameters[k] for k in keys)):
+            point: dict[str, Any] = {}
+            for key, value in zip(keys, values, strict=True):
+                paths = [p.strip() for p in key.split(",")]
+                point.update(zip(paths, value if len(paths) > 1 else [value], strict=True))
+            out.append(point)
+        return out
+
+
+# keys a trial cannot change: they say what the run is and where it lives
+UNSWEPT = frozenset({"sweep", "storage", "stages", "name", "resources"})
 
 Benchmark = Literal["chair", "pope", "mrhal", "mmhal"]
 

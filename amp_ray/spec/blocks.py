@@ -262,6 +262,9 @@ class WorldCheckSpec(Block):
         100, description="MRHal-style dialogues answered per eval split (0: none)"
     )
     actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=0.5, batch_size=512)
+    enabled: bool = Field(
+        True, description="run it (sweep trials leave the rating to their evaluate stage)"
+    )
 
 
 class SftSpec(Block):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import itertools
 import types
 import typing
 from collections.abc import Sequence
@@ -81,27 +80,23 @@ def validate_spec(raw: dict[str, Any], source: str = "spec") -> JobSpec:
 
 def _validate_sweep_grid(spec: JobSpec, raw: dict[str, Any], source: str) -> None:
     """Every trial of the sweep must itself be a valid spec: check them all before anything runs."""
-    grid = spec.sweep.parameters
-    if not grid:
-        return
-    keys = list(grid)
     base = {k: v for k, v in raw.items() if k != "sweep"}
-    for values in itertools.product(*(grid[k] for k in keys)):
-        trial = base
-        for key, value in zip(keys, values, strict=True):
-            if key.split(".")[0] in ("sweep", "storage", "stages", "name"):
-                raise SpecError(f"{source}: sweep.parameters[{key!r}]: this key cannot be swept")
-            trial = apply_override(
-                trial, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
-            )
+    for point in spec.sweep.points():
         try:
-            JobSpec.model_validate(trial)
+            JobSpec.model_validate(with_overrides(base, point))
         except ValidationError as exc:
-            point = ", ".join(f"{k}={v!r}" for k, v in zip(keys, values, strict=True))
+            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
             detail = format_validation_error(exc, source).split("\n", 1)[-1]
             raise SpecError(
-                f"{source}: the sweep trial {point} is not a valid spec:\n{detail}"
+                f"{source}: the sweep trial {where} is not a valid spec:\n{detail}"
             ) from None
+
+
+def with_overrides(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `raw` with each dotted path of `values` set to its (already parsed) value."""
+    for key, value in values.items():
+        raw = apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return raw
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

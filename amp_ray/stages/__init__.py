@@ -8,6 +8,7 @@ from amp_ray.stages.rank import RankStage
 from amp_ray.stages.reference import ReferenceStage
 from amp_ray.stages.report import ReportStage
 from amp_ray.stages.sft import SftStage
+from amp_ray.stages.sweep import SweepStage
 from amp_ray.stages.train import TrainStage
 
 STAGES: dict[str, type[Stage]] = {
@@ -20,6 +21,7 @@ STAGES: dict[str, type[Stage]] = {
         ReferenceStage,
         TrainStage,
         EvaluateStage,
+        SweepStage,
         ReportStage,
     )
 }

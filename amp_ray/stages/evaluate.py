@@ -188,6 +188,9 @@ class EvaluateStage(Stage):
         rows = evaluation_metric_rows(
             answers, judgments, failures(quarantine), self.spec.evaluation.mrhal_mean_rate
         )
+        # the models in the order the spec names them: the tables and the report keep it
+        order = {name: i for i, name in enumerate(self.models())}
+        rows.sort(key=lambda row: order.get(row["model"], len(order)))
         metrics = self.run_dir.writer(self.name, "metrics", "metrics")
         metrics.write_table(pa.Table.from_pylist(rows, schema=metrics.schema))
         metrics.commit()

@@ -1,8 +1,9 @@
 """The report stage: the run's report (Markdown, HTML, PNG plots) under <run_dir>/report/.
 
 It reads every metrics dataset the run has (the world checks of sft and train, evaluate's
-benchmarks) and train/log, and prints the headline table and the report's path: the last thing
-the main job says. `amp-ray report RUN [RUN ...]` writes the same report across several runs.
+benchmarks), train/log and sweep/results, and prints the headline table and the report's path:
+the last thing the main job says. `amp-ray report RUN [RUN ...]` writes the same report across
+several runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from typing import Any
 
 from amp_ray.stages.base import Stage, StageCounts
 
-READS = (("sft", "metrics"), ("train", "metrics"), ("train", "log"), ("evaluate", "metrics"))
+READS = (
+    ("sft", "metrics"),
+    ("train", "metrics"),
+    ("train", "log"),
+    ("evaluate", "metrics"),
+    ("sweep", "results"),
+)
 
 
 class ReportStage(Stage):

@@ -132,12 +132,12 @@ class SftStage(Stage):
 
     def _processor_key(self, name: str) -> str:
         """Runs whose starting models share a processor share one encoded dataset."""
-        path = Path(
-            local_model_path(
-                model_uri(self.spec, self.run_dir, root_model(self.spec, name)), self.spec.storage
-            )
-        )
+        uri = model_uri(self.spec, self.run_dir, root_model(self.spec, name))
+        path = Path(local_model_path(uri, self.spec.storage))
         digest = hashlib.sha256()
+        if not path.is_dir():  # a hub id (llava-hf/llava-1.5-7b-hf): the id names its processor
+            digest.update(uri.encode())
+            return digest.hexdigest()
         for file in sorted(path.iterdir()):
             if (
                 file.is_file()

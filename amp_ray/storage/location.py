@@ -93,6 +93,23 @@ class Location:
             guard(self, "remove", self.fs.rm, self.path, recursive=True)
 
 
+@dataclass(frozen=True)
+class LinkedLocation(Location):
+    """A run directory whose first-level folders named in `links` live elsewhere: a sweep trial
+    reads the stages it shares with its run from the run's own folders, without copying them.
+    Only paths joined from this root are redirected; everything else is this location's."""
+
+    links: tuple[tuple[str, Location], ...] = ()
+
+    def join(self, *parts: str) -> Location:
+        relative = posixpath.join(*parts) if parts else ""
+        head = relative.split("/", 1)[0]
+        for name, target in self.links:
+            if head == name:
+                return target.join(relative)
+        return Location(self.fs, posixpath.join(self.path, relative))
+
+
 def open_location(uri: str, storage: StorageSpec | None = None) -> Location:
     """Resolve a local path or a URI; S3 options (endpoint, region, profile) come from `storage`."""
     if "://" not in uri or uri.startswith("file://"):

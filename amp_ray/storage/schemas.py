@@ -184,6 +184,29 @@ TRAINING_RUNS = pa.schema(
     metadata={"doc": "train/runs: what each model of the train stage is, and what it cost"},
 )
 
+SWEEP_RESULTS = pa.schema(
+    [
+        _col("trial", pa.string(), "the trial (sweep/trials/<trial>)", nullable=False),
+        _col(
+            "setting", pa.string(), "its swept values without the seed, e.g. beta=0.1 levels=[0, 3]"
+        ),
+        _col("parameters", pa.string(), "its overrides as JSON: dotted spec path -> value"),
+        _col("seed", pa.int64(), "the training seed of the trial"),
+        _col("status", pa.string(), "ok, or the error that ended the trial"),
+        _col("model", pa.string(), "a model the trial trained and evaluated"),
+        _col("arm", pa.string(), "the model's recipe (training.name or a compare arm)"),
+        _col("benchmark", pa.string(), "as in evaluate/metrics"),
+        _col("split", pa.string(), "as in evaluate/metrics"),
+        _col("metric", pa.string(), "as in evaluate/metrics"),
+        _col("value", pa.float64(), "as in evaluate/metrics"),
+        _col("count", pa.int64(), "as in evaluate/metrics"),
+    ],
+    metadata={
+        "doc": "sweep/results: every evaluate metric of every trial's models, with the trial's "
+        "swept values (a failed trial: one row with its error in status)"
+    },
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "candidates": CANDIDATES,
@@ -194,6 +217,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "judgments": JUDGMENTS,
     "training_log": TRAINING_LOG,
     "training_runs": TRAINING_RUNS,
+    "sweep_results": SWEEP_RESULTS,
     "quarantine": QUARANTINE,
 }
 

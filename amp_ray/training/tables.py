@@ -48,7 +48,7 @@ COMPARED = (
 )
 
 
-def _cell(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
     if len(values) == 1:
@@ -84,14 +84,14 @@ def comparison_table(
     start = column(before)
     lines.append(
         f"{before + ' (before)':<{width}} {'-':>5} {0:>5}"
-        + "".join(f" {_cell([v] if v is not None else []):>11}" for v in start)
+        + "".join(f" {mean_sd([v] if v is not None else []):>11}" for v in start)
     )
     for label, group in labels.items():
         per_seed = [column(run["model"]) for run in group]
         cells = [[row[i] for row in per_seed if row[i] is not None] for i in range(len(COMPARED))]
         lines.append(
             f"{label:<{width}} {len(group):>5} {group[0]['steps']:>5}"
-            + "".join(f" {_cell(c):>11}" for c in cells)
+            + "".join(f" {mean_sd(c):>11}" for c in cells)
         )
     if control is None:
         return lines
@@ -113,6 +113,6 @@ def comparison_table(
         ]
         lines.append(
             f"{label:<{width}} {len(pairs):>5} {group[0]['steps']:>5}"
-            + "".join(f" {_cell(c):>11}" for c in cells)
+            + "".join(f" {mean_sd(c):>11}" for c in cells)
         )
     return lines

@@ -1,0 +1,129 @@
+"""The headline table as the terminal shows it: one row per model, one column per headline metric.
+
+Narrower than the report's headline table: a benchmark that has several splits (the world's
+MRHal dialogues on eval_iid, eval_bias_probe and eval_control) gets one column, the item-weighted
+mean over its splits; failed items are one column, shown only when some item failed; and when
+the evaluate stage has run, its models are the rows (the world check of every SFT model is in
+the report, not here).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from amp_ray.evaluation.report_blocks import FAILED, fmt
+
+if TYPE_CHECKING:  # report.py imports this module
+    from amp_ray.evaluation.report import Metric, ReportData
+
+# (label, benchmark, metric, splits): the prior's co-occurrence and CHAIR on the world's probe and
+# iid captions, POPE, then the judged benchmarks. Splits: the first pattern that matches some
+# ("pope_*" matches every POPE file category, averaged); none matching: every split, averaged.
+TERMINAL = (
+    ("cooccur", "bias", "partner_rate", ("eval_bias_probe",)),
+    ("CHAIR_i", "chair", "chair_i", ("eval_iid",)),
+    ("recall", "chair", "recall", ("eval_iid",)),
+    ("POPE_F1", "pope", "f1", ("eval_iid", "pope_*")),
+    ("MRHal", "mrhal", "score_cumulative", ()),
+    ("MRHal_hal", "mrhal", "hallucination_rate_cumulative", ()),
+    ("MMHal", "mmhal", "score", ()),
+    ("MMHal_hal", "mmhal", "hallucination_rate", ()),
+)
+
+
+@dataclass(frozen=True)
+class TerminalColumn:
+    label: str
+    benchmark: str
+    metric: str
+    splits: tuple[str, ...]  # the splits its value is over
+
+    @property
+    def legend(self) -> str:
+        where = self.splits[0] if len(self.splits) == 1 else "mean over " + ", ".join(self.splits)
+        return f"{self.label} = {self.benchmark}/{self.metric} ({where})"
+
+
+def terminal_columns(data: ReportData) -> list[TerminalColumn]:
+    present: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for m in data.metrics.values():
+        present[(m.benchmark, m.metric)].add(m.split)
+    columns = []
+    for label, benchmark, metric, patterns in TERMINAL:
+        splits = present.get((benchmark, metric), set())
+        if splits:
+            chosen = _first_match(sorted(splits), patterns) or tuple(sorted(splits))
+            columns.append(TerminalColumn(label, benchmark, metric, chosen))
+    return columns
+
+
+def _first_match(splits: list[str], patterns: tuple[str, ...]) -> tuple[str, ...]:
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            matched = tuple(s for s in splits if s.startswith(pattern[:-1]))
+        else:
+            matched = (pattern,) if pattern in splits else ()
+        if matched:
+            return matched
+    return ()
+
+
+def value(data: ReportData, run: str, model: str, column: TerminalColumn) -> float | None:
+    """The column's value: the one split's, or the item-weighted mean over its splits."""
+    found: list[Metric] = [
+        m
+        for split in column.splits
+        if (m := data.metrics.get((run, model, column.benchmark, split, column.metric)))
+        and m.value is not None
+    ]
+    if not found:
+        return None
+    counts = [m.count or 0 for m in found]
+    if sum(counts) == 0:
+        return sum(m.value for m in found) / len(found)  # type: ignore[misc]
+    return sum(m.value * n for m, n in zip(found, counts, strict=True)) / sum(counts)  # type: ignore[operator]
+
+
+def rows_shown(data: ReportData) -> list[tuple[str, str]]:
+    """The evaluate stage's models where it ran, else every model."""
+    evaluated = {(m.run, m.model) for m in data.metrics.values() if m.stage == "evaluate"}
+    return [pair for pair in data.models() if not evaluated or pair in evaluated]
+
+
+def failed_total(data: ReportData, run: str, model: str) -> int:
+    return sum(
+        round(m.value)
+        for m in data.metrics.values()
+        if (m.run, m.model, m.metric) == (run, model, FAILED) and m.value == m.value and m.value
+    )
+
+
+def terminal_lines(data: ReportData) -> list[str]:
+    columns = terminal_columns(data)
+    if not columns:
+        return [f"no headline metrics in {', '.join(data.runs.values())}"]
+    pairs = rows_shown(data)
+    table = [[fmt(c.metric, value(data, run, model, c)) for c in columns] for run, model in pairs]
+    labels = [c.label for c in columns]
+    failed = [failed_total(data, run, model) for run, model in pairs]
+    if any(failed):
+        labels.append(FAILED)
+        table = [[*row, str(n)] for row, n in zip(table, failed, strict=True)]
+    names = [data.label(run, model) for run, model in pairs]
+    width = max(len("model"), *(len(name) for name in names))
+    widths = [max(7, len(label)) for label in labels]
+    lines = [
+        f"{'model':<{width}}" + "".join(f" {x:>{w}}" for x, w in zip(labels, widths, strict=True))
+    ]
+    for name, cells in zip(names, table, strict=True):
+        lines.append(
+            f"{name:<{width}}" + "".join(f" {v:>{w}}" for v, w in zip(cells, widths, strict=True))
+        )
+    legend = "; ".join(c.legend for c in columns)
+    if any(failed):
+        legend += "; failed = items that could not be answered or judged"
+    lines += textwrap.wrap(legend, 100, initial_indent="  ", subsequent_indent="  ")
+    return lines
