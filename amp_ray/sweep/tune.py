@@ -3,7 +3,7 @@
 Each trial is a Tune function trial that runs its plan's stages (pipeline.run_job, joining the
 Ray the driver started) and reports one number, the objective. Ray Train V2 cannot be handed to
 a Tuner directly ("Improper 'run'"), so the trial function fits its TorchTrainers itself, from
-inside the train stage. The trial actor only coordinates: it asks for almost no CPU, and the
+inside the train stage. The trial actor only coordinates: it asks for no CPU, and the
 resources that matter are those of the train workers and actor pools its spec asks for
 (sweep/trials.py divides them between the trials running at once).
 """
@@ -20,8 +20,11 @@ from ray.tune import Callback
 from amp_ray.storage.location import Location
 from amp_ray.sweep.trials import TrialPlan
 
-# what a trial's own actor holds: it waits on its stages' workers, which ask for their own CPUs
-TRIAL_CPUS = 0.01
+# What a trial's own actor holds: no CPU (it waits on its stages' workers, which ask for their
+# own), and a little memory, since Tune needs a bundle that asks for something. Even 0.01 CPU per
+# trial hangs a 2-CPU sweep: the trials' actor pools then hold 1.0 and the reservations 0.02,
+# and Ray Data's whole-CPU tasks (repartition) wait for a CPU that never frees.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 256 * 1024**2}
 OBJECTIVE = "objective"
 LOG = "trial.log"
 
@@ -66,7 +69,7 @@ def run_trials(
     `storage/name`. A failed trial does not stop the others: its error comes back."""
     from ray import tune
 
-    trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPUS})
+    trainable = tune.with_resources(run_trial, TRIAL_RESOURCES)
     by_name = {plan.name: plan for plan in plans}
     tuner = tune.Tuner(
         trainable,
