@@ -169,6 +169,9 @@ def test_a_two_by_two_sweep_on_ray_tune_trains_and_evaluates_every_trial(
     (pope / "coco_pope_random.json").write_text("\n".join(json.dumps(q) for q in questions))
     raw = training_spec(tmp_path / "run", data, tiny_dir, max_steps=2, log_every=1)
     raw["training"]["scaling"] = {"num_workers": 1, "cpus_per_worker": 0.5}
+    # the demo's pool: two trials' pools then hold 1 of the 2 CPUs, the most that still leaves
+    # Ray Data's whole-CPU tasks theirs (a trial actor that held any CPU hung here)
+    raw["training"]["encode_actors"] = {"num_actors": 2, "num_cpus": 0.5, "batch_size": 16}
     raw["stages"] = ["data", "reference", "sweep", "report"]
     raw["evaluation"] = {
         "benchmarks": ["pope"],

@@ -97,6 +97,8 @@ class SweepStage(Stage):
     def summary(self) -> list[str]:
         from amp_ray.sweep.results import summary_lines
 
+        if "report" in self.spec.stages:
+            return []  # the report stage prints the same table at the job's end
         rows = self.run_dir.dataset(self.name, "results").read_table().to_pylist()
         sweep = self.spec.sweep
         return summary_lines(rows, sweep.metric, sweep.mode, self.spec.training.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -169,5 +170,5 @@ def summary_lines(rows: list[dict[str, Any]], metric: str, mode: str, own_arm: s
     for row in failed.values():
         lines.append(f"  failed: {row['setting'] or '-'} seed {row['seed']}: {row['status']}")
     legend = "; ".join(f"{label} = {b}/{m}" for label, b, m, _ in COLUMNS)
-    lines.append(f"  objective = {metric} of {own_arm}; {legend}")
-    return lines
+    text = f"objective = {metric} of {own_arm}; {legend}"
+    return lines + textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="  ")
