@@ -198,5 +198,6 @@ def test_docs_storage_md_shows_the_current_schemas() -> None:
         "judgments",
         "training_log",
         "training_runs",
+        "sweep_results",
         "quarantine",
     }

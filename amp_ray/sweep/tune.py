@@ -37,24 +37,35 @@ class TrialOutcome:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    """The Tune function: run one trial's stages, write its log, report its objective."""
+    """The Tune function: run one trial's stages outside Tune's placement group, report its
+    objective. Tune schedules a trial's child tasks into the trial's own bundle; Ray Data's
+    shuffle tasks (the train stage's sort) would then be refused ("cannot fit into any bundles"),
+    so the stages run in a task that belongs to no placement group, as a driver's would."""
+    import ray
     from ray import tune
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    unplaced = PlacementGroupSchedulingStrategy(placement_group=None)
+    stages = ray.remote(num_cpus=0, max_retries=0)(run_plan)
+    value = ray.get(stages.options(scheduling_strategy=unplaced).remote(config["plan"]))
+    tune.report({OBJECTIVE: math.nan if value is None else value})
+
+
+def run_plan(plan_dict: dict[str, Any]) -> float | None:
+    """Run a trial plan's stages, write its log; its objective (None if it has none)."""
     from amp_ray.pipeline import run_job
     from amp_ray.spec import validate_spec
     from amp_ray.sweep.results import objective
 
-    plan = TrialPlan(**config["plan"])
-    spec = validate_spec(plan.spec)
+    plan = TrialPlan(**plan_dict)
     run = plan.run()
     lines: list[str] = []
     try:
-        run_job(spec, echo=lines.append, run=run)
+        run_job(validate_spec(plan.spec), echo=lines.append, run=run)
     finally:
         run.location.join(LOG).write_bytes_atomic("\n".join(lines).encode())
     metrics = run.dataset("evaluate", "metrics").read_table().to_pylist()
-    value = objective(metrics, plan.own_model, plan.metric)
-    tune.report({OBJECTIVE: math.nan if value is None else value})
+    return objective(metrics, plan.own_model, plan.metric)
 
 
 def run_trials(
