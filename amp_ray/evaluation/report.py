@@ -22,7 +22,17 @@ from typing import Any
 
 from amp_ray.errors import DataError, StorageError
 from amp_ray.evaluation import report_plots as plots
-from amp_ray.evaluation.report_blocks import FAILED, Block, Heading, Image, Items, Para, Table, fmt
+from amp_ray.evaluation.report_blocks import (
+    FAILED,
+    Block,
+    Heading,
+    Image,
+    Items,
+    Para,
+    Table,
+    fmt,
+    split_matches,
+)
 from amp_ray.evaluation.report_sweep import PLOT, SweepData, read_sweep, sweep_blocks
 from amp_ray.evaluation.report_terminal import terminal_lines
 from amp_ray.storage.location import Location, open_location
@@ -200,7 +210,7 @@ def _read_training(data: ReportData, label: str, run: RunDir) -> None:
 def _matches(split: str, wanted: tuple[str, ...]) -> int | None:
     """The rank of the first pattern `split` matches, or None."""
     for rank, pattern in enumerate(wanted):
-        if split == pattern or (pattern.endswith("*") and split.startswith(pattern[:-1])):
+        if split_matches(split, pattern):
             return rank
     return None
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from amp_ray.evaluation.report_blocks import FAILED, fmt
+from amp_ray.evaluation.report_blocks import FAILED, fmt, split_matches, weighted_mean
 
 if TYPE_CHECKING:  # report.py imports this module
     from amp_ray.evaluation.report import Metric, ReportData
@@ -62,10 +62,7 @@ def terminal_columns(data: ReportData) -> list[TerminalColumn]:
 
 def _first_match(splits: list[str], patterns: tuple[str, ...]) -> tuple[str, ...]:
     for pattern in patterns:
-        if pattern.endswith("*"):
-            matched = tuple(s for s in splits if s.startswith(pattern[:-1]))
-        else:
-            matched = (pattern,) if pattern in splits else ()
+        matched = tuple(s for s in splits if split_matches(s, pattern))
         if matched:
             return matched
     return ()
@@ -79,12 +76,7 @@ def value(data: ReportData, run: str, model: str, column: TerminalColumn) -> flo
         if (m := data.metrics.get((run, model, column.benchmark, split, column.metric)))
         and m.value is not None
     ]
-    if not found:
-        return None
-    counts = [m.count or 0 for m in found]
-    if sum(counts) == 0:
-        return sum(m.value for m in found) / len(found)  # type: ignore[misc]
-    return sum(m.value * n for m, n in zip(found, counts, strict=True)) / sum(counts)  # type: ignore[operator]
+    return weighted_mean([(m.value, m.count) for m in found])  # type: ignore[misc]
 
 
 def rows_shown(data: ReportData) -> list[tuple[str, str]]:

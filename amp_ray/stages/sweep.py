@@ -19,7 +19,7 @@ from amp_ray.errors import SpecError
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.stages.train import HOW_IT_RUNS, TrainStage
 from amp_ray.storage.run import fingerprint
-from amp_ray.sweep.trials import UPSTREAM, TrialPlan, plan, trials
+from amp_ray.sweep.trials import UPSTREAM, plan, trials
 
 
 class SweepStage(Stage):
@@ -60,18 +60,14 @@ class SweepStage(Stage):
                 hint="drop train from stages (evaluate may stay, for the models the run names)",
             )
 
-    def plans(self) -> list[TrialPlan]:
-        chosen = trials(self.spec)
-        concurrent = min(self.spec.sweep.max_concurrent_trials, len(chosen))
-        return [plan(self.spec, self.run_dir, trial, concurrent) for trial in chosen]
-
     def run(self) -> StageCounts:
         from amp_ray.sweep.results import result_rows
         from amp_ray.sweep.tune import run_trials
 
-        plans = self.plans()
         sweep = self.spec.sweep
-        concurrent = min(sweep.max_concurrent_trials, len(plans))
+        chosen = trials(self.spec)
+        concurrent = min(sweep.max_concurrent_trials, len(chosen))
+        plans = [plan(self.spec, self.run_dir, trial, concurrent) for trial in chosen]
         again = sorted({s for p in plans for s in p.spec["stages"] if s in UPSTREAM})
         rerun = f"; trials re-run {', '.join(again)}" if again else ""
         print(f"    sweep: {len(plans)} trials, {concurrent} at once{rerun}", flush=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from amp_ray.evaluation.report_blocks import weighted_mean
 from amp_ray.storage.run import RunDir
 from amp_ray.sweep.trials import TrialPlan
 from amp_ray.training.tables import mean_sd
@@ -38,20 +39,19 @@ def _usable(value: float | None) -> bool:
 
 
 def weighted(rows: Iterable[dict[str, Any]]) -> float | None:
-    """The item-count-weighted mean of the rows' values (plain mean where counts are missing)."""
-    rows = [r for r in rows if _usable(r["value"])]
-    if not rows:
-        return None
-    counts = [r.get("count") or 0 for r in rows]
-    if sum(counts) == 0:
-        return statistics.fmean(r["value"] for r in rows)
-    return sum(r["value"] * n for r, n in zip(rows, counts, strict=True)) / sum(counts)
+    """The item-count-weighted mean of the rows' values that are numbers (not None or NaN)."""
+    return weighted_mean([(r["value"], r.get("count")) for r in rows if _usable(r["value"])])
+
+
+def parse_metric(metric: str) -> tuple[str, str | None, str]:
+    """sweep.metric as (benchmark, split or None for every split, metric)."""
+    parts = metric.split("/")
+    return parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
 
 
 def objective(metrics: list[dict[str, Any]], model: str, metric: str) -> float | None:
     """`metric` (benchmark/metric or benchmark/split/metric) of `model` in metrics rows."""
-    parts = metric.split("/")
-    benchmark, name, split = parts[0], parts[-1], parts[1] if len(parts) == 3 else None
+    benchmark, split, name = parse_metric(metric)
     return weighted(
         r
         for r in metrics
@@ -111,8 +111,8 @@ def summarise(rows: list[dict[str, Any]], metric: str) -> list[Summary]:
     for row in rows:
         if row["status"] == OK:
             per_trial[(row["setting"], row["arm"])].setdefault(row["trial"], []).append(row)
-    parts = metric.split("/")
-    target = (parts[0], parts[-1], (parts[1],) if len(parts) == 3 else ())
+    benchmark, split, name = parse_metric(metric)
+    target = (benchmark, name, (split,) if split else ())
     out = []
     for (setting, arm), trials in per_trial.items():
         values: dict[str, list[float]] = defaultdict(list)

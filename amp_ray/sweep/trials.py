@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from amp_ray.spec import PIPELINE, JobSpec, validate_spec
-from amp_ray.spec.blocks import ActorPoolSpec, ScalingSpec
+from amp_ray.spec.blocks import ActorPoolSpec, ScalingSpec, StorageSpec
 from amp_ray.spec.load import with_overrides
 from amp_ray.storage.location import LinkedLocation, Location, open_location
 from amp_ray.storage.run import RunDir
@@ -79,10 +79,10 @@ class TrialPlan:
 
     def run(self) -> RunDir:
         """The trial's run directory, with its shared stages linked to the run's."""
-        spec = validate_spec(self.spec)
-        own = open_location(self.run_dir, spec.storage)
+        storage = StorageSpec.model_validate(self.spec["storage"])
+        own = open_location(self.run_dir, storage)
         links = tuple(
-            (stage, open_location(uri, spec.storage)) for stage, uri in sorted(self.links.items())
+            (stage, open_location(uri, storage)) for stage, uri in sorted(self.links.items())
         )
         return RunDir(LinkedLocation(own.fs, own.path, links))
 
