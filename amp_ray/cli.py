@@ -1,7 +1,7 @@
 """The `amp-ray` command: validate a job spec, run it, describe the run formats.
 
-    amp-ray validate SPEC [dotted.key=value ...]
-    amp-ray run SPEC [--stage NAME] [--force] [dotted.key=value ...]
+    amp-ray validate SPEC [--cluster CLUSTER_YAML] [dotted.key=value ...]
+    amp-ray run SPEC [--stage NAME] [--force] [--cluster CLUSTER_YAML] [dotted.key=value ...]
     amp-ray schemas
     amp-ray export --format {amp_json,trl_dpo,pairs} [--pairs MODE] RUN_DIR DEST
     amp-ray report RUN [RUN ...] [--out DIR]
@@ -16,6 +16,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from amp_ray import __version__
 from amp_ray.errors import AmpRayError
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("spec", help="job spec (YAML)")
     validate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    validate.add_argument(
+        "--cluster",
+        metavar="CLUSTER_YAML",
+        help="also check every stage's actors and workers against this cluster's node types",
+    )
     validate.set_defaults(func=cmd_validate)
 
     run = commands.add_parser("run", parents=[common], help="run a job spec's stages")
@@ -50,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only this stage (repeatable)",
     )
     run.add_argument("--force", action="store_true", help="redo stages that are complete")
+    run.add_argument(
+        "--cluster",
+        metavar="CLUSTER_YAML",
+        help="the cluster's launcher YAML (runtime.cluster_config): checked before any stage "
+        "runs, and the node types named when waiting for the autoscaler",
+    )
     run.add_argument(
         "--verbose", action="store_true", help="show Ray's logs and per-operator progress"
     )
@@ -90,25 +102,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from amp_ray.pipeline import select_stages
-    from amp_ray.spec import load_spec
+    from amp_ray.pipeline import check_cluster, select_stages
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = _load(args)
     stages = select_stages(spec)
+    cluster = check_cluster(spec, stages)
     print(
         f"ok: {args.spec}: job {spec.name!r}, stages {', '.join(stages)}, "
-        f"run_dir {spec.storage.run_dir}"
+        f"run_dir {spec.storage.run_dir}{cluster}"
     )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from amp_ray.pipeline import run_job
+
+    run_job(_load(args), only=args.stage, force=args.force, verbose=args.verbose)
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The spec with its overrides; --cluster is runtime.cluster_config."""
     from amp_ray.spec import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
-    run_job(spec, only=args.stage, force=args.force, verbose=args.verbose)
-    return 0
+    overrides = list(args.overrides)
+    if args.cluster:
+        overrides.append(f"runtime.cluster_config={args.cluster}")
+    return load_spec(args.spec, overrides)
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -170,7 +190,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may also follow options (`validate SPEC --cluster X key=value`): argparse leaves
+    # a positional list that an option interrupted to parse_known_args
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from amp_ray.errors import SpecError
 from amp_ray.runtime import RaySession
 from amp_ray.spec import PIPELINE, JobSpec
 from amp_ray.stages import STAGES
-from amp_ray.stages.base import Stage, StageReport
+from amp_ray.stages.base import Stage, StageCounts, StageReport
 from amp_ray.storage import RunDir, StageRecord
 
 
@@ -50,9 +50,17 @@ def run_job(
     for stage in stages:
         stage.preflight()
     _check_inputs_available(stages, run)
-    echo(f"amp-ray: run {spec.name} in {run.uri}: stages {', '.join(names)}")
+    check_cluster(spec, names)
     reports = []
     with RaySession(spec.resources, verbose=verbose) as ray_session:
+        if ray_session.joins_cluster:  # a local Ray is one node: nothing to check
+            from amp_ray.cluster.capacity import check_run_dir
+
+            ray_session.ensure()
+            storage = spec.storage
+            is_local = run.location.is_local
+            check_run_dir(run.uri, is_local, storage.shared, spec.runtime.cluster_config)
+        echo(f"amp-ray: run {spec.name} in {run.uri}: stages {', '.join(names)}")
         for stage in stages:
             report = _run_stage(stage, run, ray_session, force)
             echo(report.line())
@@ -61,6 +69,23 @@ def run_job(
                     echo(f"    {line}")
             reports.append(report)
     return reports
+
+
+def check_cluster(spec: JobSpec, stages: Sequence[str]) -> str:
+    """With runtime.cluster_config: every actor pool and Ray Train worker set of `stages` fits
+    some node type of that cluster (SpecError naming the spec key otherwise). Returns the note
+    for validate's line."""
+    from amp_ray.cluster.requests import check_node_types, load_node_types, spec_requests
+
+    if spec.runtime.cluster_config is None:
+        return ""
+    node_types = load_node_types(spec.runtime.cluster_config)
+    requests = spec_requests(spec, list(stages))
+    check_node_types(requests, node_types)
+    return (
+        f", {len(requests)} actor pools and worker sets fit the node types of "
+        f"{spec.runtime.cluster_config}"
+    )
 
 
 def _check_inputs_available(stages: list[Stage], run: RunDir) -> None:
@@ -91,15 +116,33 @@ def _run_stage(stage: Stage, run: RunDir, ray_session: RaySession, force: bool) 
             return StageReport(stage.name, "skipped", 0, previous.report["rows_out"], 0, 0.0)
     ray_session.ensure()
     started = time.perf_counter()
-    counts = stage.run()
+    counts, placements = _run_placed(stage, run)
     seconds = time.perf_counter() - started
     status = "done" if previous is None else "redone"
     report = StageReport(
         stage.name, status, counts.rows_in, counts.rows_out, counts.rows_quarantined, seconds
     )
     outputs = {name: run.dataset(stage.name, name).manifest.attempt for name in stage.outputs}
-    run.commit_record(StageRecord(stage.name, config, inputs, outputs, report.__dict__))
+    record = {**report.__dict__, "placements": placements}
+    run.commit_record(StageRecord(stage.name, config, inputs, outputs, record))
     return report
+
+
+def _run_placed(stage: Stage, run: RunDir) -> tuple[StageCounts, list[dict]]:
+    """Run the stage with a placement log that its actors and workers report to (where each
+    ran, on which device), and withdraw its resource requests when it ends, however it ends."""
+    from amp_ray import runtime
+    from amp_ray.cluster import capacity, placement
+
+    runtime.placement_log = placement.log_name(run.uri, stage.name)
+    log = placement.open_log(runtime.placement_log)
+    try:
+        counts = stage.run()
+        return counts, placement.take(log)
+    finally:
+        runtime.placement_log = None
+        placement.stop(log)
+        capacity.release(stage.name)
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

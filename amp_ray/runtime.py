@@ -59,6 +59,13 @@ class RaySession:
         self.started_here = not address
         configure_ray_data(self.verbose)
 
+    @property
+    def joins_cluster(self) -> bool:
+        """Whether `ensure` joins a running cluster (RAY_ADDRESS) rather than starting Ray."""
+        import ray
+
+        return bool(os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+
     def __enter__(self) -> RaySession:
         return self
 
@@ -146,36 +153,72 @@ def light_map(dataset: ray.data.Dataset, fn: Any) -> ray.data.Dataset:
     return dataset.map_batches(fn, batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
 
 
-def concurrent_pools(pool: ActorPoolSpec) -> int:
+def concurrent_pools(pool: ActorPoolSpec, cluster_config: str | None = None) -> int:
     """How many actor pools of this shape can run at once and still leave one whole CPU for the
     tasks that feed them: an actor holds its CPUs from start to end, busy or not, and some of Ray
-    Data's own tasks (listing Parquet files) ask for a whole CPU."""
-    import ray
+    Data's own tasks (listing Parquet files) ask for a whole CPU. On a cluster that an autoscaler
+    grows, the count is for the cluster at its largest (the pools' requests make it grow)."""
+    from amp_ray.cluster.capacity import current_view
+    from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, most_at_once
 
-    free = ray.cluster_resources().get("CPU", 0.0) - 1.0
-    return max(1, int(free // (pool.num_cpus * pool.num_actors)))
+    view = current_view(cluster_config)
+    if view.can_grow() and view.node_types is not None:
+        return max(1, most_at_once(pool.bundle, view.node_types) // pool.min_actors)
+    free = sum(node.get("CPU", 0.0) for node in view.nodes) - SPARE_CPUS_FOR_TASKS
+    return max(1, int(free // (pool.num_cpus * pool.min_actors)))
 
 
 def batched(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# The stage's placement log (cluster/placement.py), set by the driver around each stage: the
+# actor pools started meanwhile record where they run in it.
+placement_log: str | None = None
+
+
+class PoolActor:
+    """Ray Data callable around a model stage's callable class: records where the actor runs
+    (and on which device), then builds `fn_class(**kwargs)` and hands it every batch."""
+
+    def __init__(self, fn_class: type, kwargs: dict[str, Any], role: str, log: str | None) -> None:
+        from amp_ray.cluster.placement import record_placement
+
+        record_placement(role, log)
+        self.fn = fn_class(**kwargs)
+
+    def __call__(self, batch: Any) -> Any:
+        return self.fn(batch)
+
+
 def map_with_actor_pool(
     dataset: ray.data.Dataset,
     fn_class: type,
     pool: ActorPoolSpec,
-    constructor_args: tuple = (),
+    kwargs: dict[str, Any],
     batch_format: str = "pyarrow",
+    role: str | None = None,
 ) -> ray.data.Dataset:
-    """`dataset.map_batches` over a pool of stateful actors sized by an `ActorPoolSpec`."""
+    """`dataset.map_batches` over a pool of stateful actors, each built as `fn_class(**kwargs)`,
+    sized by an `ActorPoolSpec`: fixed, or [min, max] actors that grow with the cluster, placed
+    on nodes with the pool's GPUs, accelerator type and custom resources."""
     import ray.data
 
+    name = role or fn_class.__name__
+    if "model_name" in kwargs:
+        name = f"{name}:{kwargs['model_name']}"
+    remote_args: dict[str, Any] = {}
+    if pool.accelerator_type:
+        remote_args["accelerator_type"] = pool.accelerator_type
+    if pool.resources:
+        remote_args["resources"] = dict(pool.resources)
     return dataset.map_batches(
-        fn_class,
-        fn_constructor_args=constructor_args,
-        compute=ray.data.ActorPoolStrategy(size=pool.num_actors),
+        PoolActor,
+        fn_constructor_args=(fn_class, kwargs, name, placement_log),
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
         batch_size=pool.batch_size,
         batch_format=batch_format,
+        **remote_args,
     )

@@ -117,12 +117,12 @@ def _misspell_top_level(raw: dict[str, Any]) -> None:
 
 
 def _misspell_node_type_key(raw: dict[str, Any]) -> None:
-    node_type = raw["available_node_types"]["gpu_generate"]
+    node_type = raw["available_node_types"]["gpu_a100_80"]
     node_type["max_worker"] = node_type.pop("max_workers")
 
 
 def _fractional_gpu_count(raw: dict[str, Any]) -> None:
-    raw["available_node_types"]["gpu_generate"]["resources"]["GPU"] = 0.5
+    raw["available_node_types"]["gpu_a100_80"]["resources"]["GPU"] = 0.5
 
 
 @pytest.mark.parametrize(

@@ -24,21 +24,37 @@ def answer_with_models(
     route: Any,
     storage: Any = None,
     dtypes: dict[str, str] | None = None,
+    stage: Any = None,
+    key: str = "evaluation.actors",
 ) -> None:
     """Every model (name -> URI) answers the Ray dataset `items` on its own actor pool; the rows
     go to `writers` through `route` (answers, and the quarantine of items it cannot answer).
-    Models are answered side by side, as many at once as leave CPUs for reading."""
+    Models are answered side by side, as many at once as leave CPUs for reading (on a cluster
+    that grows: as many as it holds at its largest). `stage` (the stage answering, with `key`,
+    the spec key of `pool`) waits for each wave's resources first."""
+    from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
     from amp_ray.runtime import batched, concurrent_pools, map_with_actor_pool
     from amp_ray.storage.raysink import write_ray
 
     dtypes = dtypes or {}
-    for wave in batched(list(models), concurrent_pools(pool)):
+    config = stage.spec.runtime.cluster_config if stage is not None else None
+    for wave in batched(list(models), concurrent_pools(pool, config)):
+        if stage is not None:
+            requests = [pool_request(key, pool, f"the answering pool of {name}") for name in wave]
+            stage.ensure_resources(requests, spare_cpus=SPARE_CPUS_FOR_TASKS)
         per_model = [
             map_with_actor_pool(
                 items,
                 AnswerGenerator,
                 pool,
-                (name, models[name], sampling, dtypes.get(name, "auto"), pool.num_cpus, storage),
+                {
+                    "model_name": name,
+                    "model_path": models[name],
+                    "sampling": sampling,
+                    "dtype": dtypes.get(name, "auto"),
+                    "num_cpus": pool.num_cpus,
+                    "storage": storage,
+                },
             )
             for name in wave
         ]

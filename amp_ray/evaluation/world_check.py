@@ -47,7 +47,15 @@ def check_models(
         )
         writers = {"answers": answers, "quarantine": quarantine}
         answer_with_models(
-            eval_items, models, sampling, settings.actors, writers, route, stage.spec.storage
+            eval_items,
+            models,
+            sampling,
+            settings.actors,
+            writers,
+            route,
+            stage.spec.storage,
+            stage=stage,
+            key=f"{'sft' if stage.name == 'sft' else 'training'}.eval.actors",
         )
     committed = answers.commit()
     table = (

@@ -22,6 +22,20 @@ from amp_ray.storage.schemas import REFERENCE_LOGPROBS
 SCORED_ROWS = REFERENCE_LOGPROBS.append(pa.field(QUARANTINE_REASON, pa.string()))
 
 
+def scorer_kwargs(spec: Any, name: str, uri: str) -> dict[str, Any]:
+    """ReferenceScorer's constructor arguments for reference model `name` at `uri`, from the
+    spec's reference and training blocks (the reference stage and the online rounds)."""
+    return {
+        "model_name": name,
+        "model_path": uri,
+        "round_weight_step": spec.training.round_weight_step,
+        "max_length": spec.training.max_length,
+        "micro_batch_size": spec.reference.micro_batch_size,
+        "num_cpus": spec.reference.actors.num_cpus,
+        "storage": spec.storage,
+    }
+
+
 class ReferenceScorer:
     """Ray Data callable: PREFERENCES rows in, the same rows with `ref_logps` out (rows that
     arrive with a quarantine reason pass through with it)."""

@@ -98,10 +98,11 @@ def load_for_inference(
     """(model in eval mode, processor) for a Ray Data actor: from a hub id, a path or a run's
     model store (downloaded once per node), on the actor's GPU if it has one, with as many torch
     threads as the CPUs the actor owns (more would oversubscribe the node)."""
+    from amp_ray.cluster.placement import compute_device
     from amp_ray.models.store import local_model_path
     from amp_ray.runtime import torch_threads_for
 
     torch.set_num_threads(torch_threads_for(num_cpus))
     path = local_model_path(uri, storage)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = compute_device()
     return load_model(path, dtype=dtype, device=device).eval(), load_processor(path)

@@ -8,11 +8,12 @@ naming that attempt, is written (one PUT or rename). `local_model_path` turns an
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import posixpath
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +24,7 @@ from amp_ray.storage.dataset import ATTEMPT_PREFIX, new_attempt_id
 from amp_ray.storage.location import Location, guard, open_location
 
 MARKER = "_model.json"
+COMPLETE = ".complete"
 CACHE = Path(os.environ.get("AMP_RAY_CACHE", Path.home() / ".cache" / "amp-ray")) / "models"
 
 
@@ -78,14 +80,36 @@ def local_model_path(reference: str, storage: Any = None) -> str:
     source = committed_model(location) or location
     if source.is_local:
         return source.path
-    cached = CACHE / hashlib.sha256(source.uri.encode()).hexdigest()[:24]
-    if not (cached / ".complete").exists():
-        partial = cached.with_name(cached.name + f".partial-{uuid.uuid4().hex[:6]}")
-        for remote in source.list_files():
+    return str(download_once(source, CACHE / hashlib.sha256(source.uri.encode()).hexdigest()[:24]))
+
+
+def download_once(source: Location, cached: Path) -> Path:
+    """`source` copied to `cached` once per node: the first actor downloads under a file lock
+    while the others on the node wait for it, the copy is checked file by file against the
+    source's sizes before it is marked complete, and partial folders that a killed download
+    left behind are removed by the next one."""
+    if (cached / COMPLETE).exists():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with open(cached.with_name(cached.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also on a crash
+        if (cached / COMPLETE).exists():  # another actor finished it while this one waited
+            return cached
+        for stale in cached.parent.glob(f"{cached.name}.partial-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = cached.with_name(f"{cached.name}.partial-{uuid.uuid4().hex[:6]}")
+        sizes = guard(source, "list", source.fs.find, source.path, detail=True)
+        for remote, info in sorted(sizes.items()):
             destination = partial / posixpath.relpath(remote, source.path)
             destination.parent.mkdir(parents=True, exist_ok=True)
             guard(source, "read", source.fs.get_file, remote, str(destination))
-        (partial / ".complete").touch()
-        with contextlib.suppress(OSError):  # another process finished the same download first
-            partial.rename(cached)
-    return str(cached)
+            if destination.stat().st_size != info["size"]:
+                raise StorageError(
+                    f"downloading {remote}: got {destination.stat().st_size} bytes of "
+                    f"{info['size']}",
+                    hint="the model changed while it was read, or the disk is full",
+                )
+        (partial / COMPLETE).touch()
+        shutil.rmtree(cached, ignore_errors=True)  # an incomplete folder from an older version
+        partial.rename(cached)
+    return cached

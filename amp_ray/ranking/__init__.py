@@ -37,7 +37,7 @@ from amp_ray.ranking.checkers import (
 from amp_ray.ranking.chunks import Chunk, chunker_name, noun_chunks, rule_chunks, sentences
 from amp_ray.ranking.encoder import DEFAULT_ENCODER, EncoderError, TextEncoder, resolve_encoder
 from amp_ray.ranking.levels import RankedItem, even_spread, rank_item, reference_candidate
-from amp_ray.ranking.rank import PREFERENCE_ROWS, CandidateRanker
+from amp_ray.ranking.rank import PREFERENCE_ROWS, CandidateRanker, ranker_kwargs
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -57,6 +57,7 @@ __all__ = [
     "make_checker",
     "noun_chunks",
     "rank_item",
+    "ranker_kwargs",
     "reference_candidate",
     "resolve_encoder",
     "rule_chunks",

@@ -38,6 +38,18 @@ def _unscored(candidates: list[dict[str, Any]], references: list[str]) -> list[d
     ]
 
 
+def ranker_kwargs(ranking: Any, num_levels: int) -> dict[str, Any]:
+    """CandidateRanker's constructor arguments from the spec's ranking block, keeping
+    `num_levels` levels (the rank stage: ranking.num_levels; the online rounds: 2)."""
+    return {
+        "checker_kind": ranking.checker,
+        "encoder": ranking.encoder,
+        "tau": ranking.tau,
+        "num_levels": num_levels,
+        "num_cpus": ranking.actors.num_cpus,
+    }
+
+
 class CandidateRanker:
     """Ray Data callable: re-ranks each item's candidates with a checker and keeps K levels.
 

@@ -23,6 +23,17 @@ class Block(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def walk_blocks(model: BaseModel, prefix: str = "") -> list[tuple[str, BaseModel]]:
+    """(dotted path, block) of every block nested in `model`, depth first."""
+    out: list[tuple[str, BaseModel]] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            path = f"{prefix}{name}"
+            out += [(path, value), *walk_blocks(value, f"{path}.")]
+    return out
+
+
 # --- where things live and run ---------------------------------------------------------------
 
 
@@ -36,6 +47,11 @@ class StorageSpec(Block):
     region: str | None = None
     profile: str | None = Field(None, description="AWS profile name from ~/.aws/config")
     anonymous: bool = Field(False, description="unsigned S3 access (public buckets)")
+    shared: bool = Field(
+        False,
+        description="a local run_dir that every node of a multi-node cluster mounts (NFS, "
+        "EFS, Filestore); without it a local run_dir is refused on more than one node",
+    )
 
 
 class ResourcesSpec(Block):
@@ -46,17 +62,80 @@ class ResourcesSpec(Block):
     object_store_memory_gb: PositiveFloat | None = None
 
 
-class ActorPoolSpec(Block):
-    """An actor pool for a Ray Data model stage (generation, scoring, evaluation).
+class RuntimeSpec(Block):
+    """How the job meets a cluster that grows: waiting for the autoscaler, and its node types."""
 
-    CPUs are fractional by default: on a 2-CPU local Ray, two actors of num_cpus=1 leave no CPU for
-    the read task and the pipeline hangs without an error.
+    resource_wait_s: NonNegativeFloat = Field(
+        900,
+        description="seconds a stage waits for an autoscaling cluster to add the nodes it asks "
+        "for, then stops with an error naming them",
+    )
+    cluster_config: str | None = Field(
+        None,
+        description="the cluster launcher YAML whose node types the job may use; default: the "
+        "one the head's autoscaler runs with (ray up's ~/ray_bootstrap_config.yaml)",
+    )
+
+
+class NodeResources(Block):
+    """Where work may be placed: Ray's accelerator types and custom node resources.
+
+    `accelerator_type` is one of Ray's (ray.util.accelerators: "A100", "H100", "A10G", "L4", or a
+    size-specific name such as "A100-80G" that the cluster YAML declares); `resources` asks for
+    custom resources that only some node types have (e.g. {"big_disk": 1}).
     """
 
-    num_actors: PositiveInt = 1
+    accelerator_type: str | None = Field(
+        None, description="GPU type the work needs, as Ray names it (e.g. A100-80G, H100)"
+    )
+    resources: dict[str, PositiveFloat] = Field(
+        {}, description="custom node resources each actor or worker asks for"
+    )
+
+    def placement(self, num_cpus: float, num_gpus: float) -> dict[str, float]:
+        """The resource bundle one actor or worker holds, as Ray's scheduler sees it."""
+        bundle = {"CPU": num_cpus, **self.resources}
+        if num_gpus:
+            bundle["GPU"] = num_gpus
+        if self.accelerator_type:
+            # Ray turns accelerator_type=X into this resource (ray.util.accelerators)
+            bundle[f"accelerator_type:{self.accelerator_type}"] = 0.001
+        return bundle
+
+
+class ActorPoolSpec(NodeResources):
+    """An actor pool for a Ray Data model stage (generation, scoring, evaluation).
+
+    `num_actors` is a fixed size or a range [min, max]: Ray Data starts `min` actors and adds
+    more, up to `max`, as the cluster's autoscaler adds nodes. CPUs are fractional by default: on a
+    2-CPU local Ray, two actors of num_cpus=1 leave no CPU for the read task and the pipeline
+    hangs without an error.
+    """
+
+    num_actors: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
     num_cpus: PositiveFloat = 0.5
     num_gpus: NonNegativeFloat = 0.0
     batch_size: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> ActorPoolSpec:
+        if self.min_actors > self.max_actors:
+            raise ValueError(f"num_actors {list(self.num_actors)} is not an ordered [min, max]")
+        if self.accelerator_type and not self.num_gpus:
+            raise ValueError("accelerator_type needs num_gpus > 0")
+        return self
+
+    @property
+    def min_actors(self) -> int:
+        return self.num_actors if isinstance(self.num_actors, int) else self.num_actors[0]
+
+    @property
+    def max_actors(self) -> int:
+        return self.num_actors if isinstance(self.num_actors, int) else self.num_actors[1]
+
+    @property
+    def bundle(self) -> dict[str, float]:
+        return self.placement(self.num_cpus, self.num_gpus)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -241,12 +320,22 @@ class DeepSpeedSpec(Block):
     zero_stage: Literal[0, 1, 2, 3] = 2
 
 
-class ScalingSpec(Block):
+class ScalingSpec(NodeResources):
     """Ray Train workers: one process each, with these resources."""
 
     num_workers: PositiveInt = 1
     gpus_per_worker: NonNegativeFloat = 0.0
     cpus_per_worker: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _accelerator_needs_gpus(self) -> ScalingSpec:
+        if self.accelerator_type and not self.gpus_per_worker:
+            raise ValueError("accelerator_type needs gpus_per_worker > 0")
+        return self
+
+    @property
+    def bundle(self) -> dict[str, float]:
+        return self.placement(self.cpus_per_worker, self.gpus_per_worker)
 
 
 class WorldCheckSpec(Block):

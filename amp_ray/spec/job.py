@@ -19,6 +19,7 @@ from amp_ray.spec.blocks import (
     DataSpec,
     ModelSpec,
     ResourcesSpec,
+    RuntimeSpec,
     SftSpec,
     StorageSpec,
 )
@@ -40,6 +41,7 @@ class JobSpec(Block):
     stages: list[StageName] = Field(min_length=1)
     storage: StorageSpec
     resources: ResourcesSpec = ResourcesSpec()
+    runtime: RuntimeSpec = RuntimeSpec()
     data: DataSpec = DataSpec()
     models: dict[Name, ModelSpec] = {}
     sft: SftSpec = SftSpec()

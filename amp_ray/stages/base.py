@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from amp_ray.cluster.requests import ResourceRequest
 from amp_ray.spec import JobSpec
 from amp_ray.storage import RunDir
 from amp_ray.storage.journal import Journal
@@ -73,6 +74,16 @@ class Stage(ABC):
     def summary(self) -> list[str]:
         """Lines printed under the stage's summary line (a table of what it made), if any."""
         return []
+
+    def ensure_resources(self, requests: list[ResourceRequest], spare_cpus: float = 0.0) -> None:
+        """Return once the cluster can run `requests` at once; on an autoscaling cluster ask for
+        them and wait up to runtime.resource_wait_s (cluster/capacity.py)."""
+        from amp_ray.cluster.capacity import ensure_resources
+
+        runtime = self.spec.runtime
+        ensure_resources(
+            requests, self.name, runtime.resource_wait_s, runtime.cluster_config, spare_cpus
+        )
 
     def input_versions(self) -> dict[str, str]:
         """ "stage/dataset" -> the committed attempt this stage reads."""

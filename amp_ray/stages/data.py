@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.data import formats
 from amp_ray.data.items import ItemChecker, image_root_for
 from amp_ray.errors import DataError, StorageError
@@ -78,13 +79,16 @@ class DataStage(Stage):
         from amp_ray.storage.raysink import write_ray
 
         pool = self.spec.data.actors
+        self.ensure_resources(
+            [pool_request("data.actors", pool, "the item pool")], spare_cpus=SPARE_CPUS_FOR_TASKS
+        )
         if self.spec.data.source == "world":
             world = World(self.spec.data.world)
-            blocks = max(4 * pool.num_actors, world.num_images // 2_000)
+            blocks = max(4 * pool.max_actors, world.num_images // 2_000)
             source = ray.data.range(world.num_images, override_num_blocks=blocks)
             rows_in = world.num_images
             rows = map_with_actor_pool(
-                source, WorldItemMaker, pool, (self.spec.data.world,), "numpy"
+                source, WorldItemMaker, pool, {"spec": self.spec.data.world}, "numpy"
             )
         else:
             location, files = self._import_files()
@@ -92,7 +96,9 @@ class DataStage(Stage):
                 files, filesystem=location.arrow_fs, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS}
             )
             rows_in = sum(pq.read_metadata(f, filesystem=location.fs).num_rows for f in files)
-            rows = map_with_actor_pool(source, ItemChecker, pool, (image_root_for(location),))
+            rows = map_with_actor_pool(
+                source, ItemChecker, pool, {"image_root": image_root_for(location)}
+            )
         items = self.run_dir.writer(self.name, "items", "items")
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         route = functools.partial(route_quarantine, stage=self.name, good="items", bad="quarantine")

@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
@@ -124,6 +125,8 @@ class EvaluateStage(Stage):
             route,
             self.spec.storage,
             dtypes,
+            stage=self,
+            key="evaluation.actors",
         )
         answered = answers.commit()
         judgments = self._judge(quarantine) if answered.num_rows else None
@@ -171,9 +174,10 @@ class EvaluateStage(Stage):
         answers = self.run_dir.dataset(self.name, "answers").read_ray()
         judged = functools.partial(rows_where, column="task", values=tuple(JUDGED_TASKS))
         rows = light_map(answers, judged)
-        rated = map_with_actor_pool(
-            rows, JudgeRater, self.spec.evaluation.judge_actors, (self.spec.evaluation.judge,)
-        )
+        pool = self.spec.evaluation.judge_actors
+        request = pool_request("evaluation.judge_actors", pool, "the judge pool")
+        self.ensure_resources([request], spare_cpus=SPARE_CPUS_FOR_TASKS)
+        rated = map_with_actor_pool(rows, JudgeRater, pool, {"spec": self.spec.evaluation.judge})
         route = functools.partial(route_quarantine, stage=self.name, good="judgments", bad="q")
         write_ray(rated, {"judgments": judgments, "q": quarantine}, route)
         judgments.commit()

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.data.items import rows_not_in, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
@@ -71,52 +72,46 @@ class GenerateStage(Stage):
                 "or training.policy"
             )
 
-    def pools(self) -> list[tuple[type, tuple]]:
-        """(callable class, constructor args) of every actor pool in the chain, in order."""
-        from amp_ray.generation.bdhs import BdhsCandidates
-        from amp_ray.generation.experts import ModelCandidates
+    def pools(self) -> list[tuple[type, dict[str, Any]]]:
+        """(callable class, constructor kwargs) of every actor pool in the chain, in order."""
+        from amp_ray.generation.pools import bdhs_candidates, model_candidates
 
         generation: GenerationSpec = self.spec.generation
-        common = (generation.actors.num_cpus, self.spec.storage, "auto", self.spec.seed)
-        pools: list[tuple[type, tuple]] = []
+        storage, seed = self.spec.storage, self.spec.seed
+        pools: list[tuple[type, dict[str, Any]]] = []
         rank = 1
         for method in generation.methods:
             if method == "bdhs":
                 name = str(self.bdhs_model())
                 uri = model_uri(self.spec, self.run_dir, name)
-                args = (name, uri, generation.bdhs, generation.sampling, rank, *common)
-                pools.append((BdhsCandidates, args))
+                pools.append(bdhs_candidates(generation, name, uri, rank, storage, seed))
                 rank += len(generation.bdhs.rho_th)
                 continue
             names = generation.meg.experts if method == "meg" else generation.ig.checkpoints
             for name in names:
                 uri = model_uri(self.spec, self.run_dir, name)
-                args = (method, name, uri, rank, generation.sampling, *common)
-                pools.append((ModelCandidates, args))
+                pools.append(model_candidates(generation, method, name, uri, rank, storage, seed))
                 rank += 1
         return pools
 
     def run(self) -> StageCounts:
-        import ray
-
         from amp_ray.generation.candidates import start_candidates
 
         pools = self.pools()
         actors = self.spec.generation.actors
-        needed = len(pools) * actors.num_actors * actors.num_cpus
-        available = ray.cluster_resources().get("CPU", 0.0)
-        if needed > available - 1:
-            raise SpecError(
-                f"the generation chain holds {len(pools)} actor pools x {actors.num_actors} "
-                f"actor(s) x {actors.num_cpus} CPU = {needed:g} CPUs, but this Ray has "
-                f"{available:g}, and the tasks that read and write need one free",
-                hint="lower generation.actors.num_cpus (fractions are fine) or num_actors",
-            )
+        # the chain's pools run side by side: all of them must fit at once
+        self.ensure_resources(
+            [
+                pool_request("generation.actors", actors, f"the pool of {kw['model_name']}")
+                for _, kw in pools
+            ],
+            spare_cpus=SPARE_CPUS_FOR_TASKS,
+        )
         items = self.run_dir.dataset("data", "items")
         rows_in = _count_in_splits(items, self.spec.generation.splits)
 
         def pending(done: set[str]) -> Any:
-            blocks = max(2, 2 * len(pools) * actors.num_actors)
+            blocks = max(2, 2 * len(pools) * actors.max_actors)
             splits = functools.partial(
                 rows_where, column="split", values=tuple(self.spec.generation.splits)
             )
@@ -127,8 +122,8 @@ class GenerateStage(Stage):
             # is journaled on its own (a killed run loses at most the batches in flight).
             rows = rows.repartition(target_num_rows_per_block=actors.batch_size)
             rows = light_map(rows, start_candidates)
-            for fn_class, args in pools:
-                rows = map_with_actor_pool(rows, fn_class, actors, args)
+            for fn_class, kwargs in pools:
+                rows = map_with_actor_pool(rows, fn_class, actors, kwargs)
             return rows
 
         counts = self.write_journaled(pending, "candidates", "candidates")

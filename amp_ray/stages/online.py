@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest, pool_request
 from amp_ray.data.items import rows_in
-from amp_ray.errors import DataError, SpecError
+from amp_ray.errors import DataError
 from amp_ray.models.registry import model_uri
 from amp_ray.models.store import committed_model
 from amp_ray.runtime import light_map, map_with_actor_pool
@@ -238,6 +239,7 @@ class OnlineRounds:
         route = functools.partial(
             route_quarantine, stage="train", good="preferences", bad="quarantine"
         )
+        self.check_fits()  # the nodes of earlier pools may have gone while training
         write_ray(self._rows(number, policy), writers, route)
         # the quarantine first: committed preferences mean the whole round's data is there
         writers["quarantine"].commit({"settings": version})
@@ -251,8 +253,8 @@ class OnlineRounds:
     def _rows(self, number: int, policy: Policy) -> Any:
         """The streaming pass of steps 1–5 (see the module docstring)."""
         from amp_ray.generation.candidates import stable_seed, start_candidates
-        from amp_ray.generation.reference import ReferenceScorer
-        from amp_ray.ranking import CandidateRanker
+        from amp_ray.generation.reference import ReferenceScorer, scorer_kwargs
+        from amp_ray.ranking import CandidateRanker, ranker_kwargs
 
         generation, ranking, reference = (
             self.spec.generation,
@@ -268,9 +270,10 @@ class OnlineRounds:
         rows = light_map(rows, start_candidates)
         # another seed each round: BDHS picks other split points and masks, sampling other draws
         seed = stable_seed(self.spec.seed, "online", number)
-        rows = map_with_actor_pool(rows, *self._generator(policy, seed))
-        ranker = (ranking.checker, ranking.encoder, ranking.tau, 2, ranking.actors.num_cpus)
-        rows = map_with_actor_pool(rows, CandidateRanker, ranking.actors, ranker)
+        generator, kwargs = self._generator(policy, seed)
+        rows = map_with_actor_pool(rows, generator, generation.actors, kwargs)
+        # K = 2: the reference and the worst distinct candidate below it
+        rows = map_with_actor_pool(rows, CandidateRanker, ranking.actors, ranker_kwargs(ranking, 2))
         if self.training.online.mix_offline:
             import ray
 
@@ -279,47 +282,33 @@ class OnlineRounds:
         if not self._scores_reference:
             return rows
         name = reference_model(self.spec)
-        scorer = (
-            name,
-            model_uri(self.spec, self.run_dir, name),
-            self.training.round_weight_step,
-            self.training.max_length,
-            reference.micro_batch_size,
-            reference.actors.num_cpus,
-            self.spec.storage,
-        )
+        scorer = scorer_kwargs(self.spec, name, model_uri(self.spec, self.run_dir, name))
         return map_with_actor_pool(rows, ReferenceScorer, reference.actors, scorer)
 
-    def _generator(self, policy: Policy, seed: int) -> tuple[type, Any, tuple]:
-        """(callable class, actor pool, constructor args) of the round's candidate pool."""
-        from amp_ray.generation.bdhs import BdhsCandidates
-        from amp_ray.generation.experts import ModelCandidates
+    def _generator(self, policy: Policy, seed: int) -> tuple[type, dict[str, Any]]:
+        """(callable class, constructor kwargs) of the round's candidate pool."""
+        from amp_ray.generation.pools import bdhs_candidates, model_candidates
 
-        generation = self.spec.generation
-        common = (generation.actors.num_cpus, self.spec.storage, "auto", seed)
+        generation, storage = self.spec.generation, self.spec.storage
         if self.training.online.generator == "bdhs":
-            args = (policy.name, policy.uri, generation.bdhs, generation.sampling, 1, *common)
-            return BdhsCandidates, generation.actors, args
-        args = ("sampled", policy.name, policy.uri, 1, generation.sampling, *common)
-        return ModelCandidates, generation.actors, args
+            return bdhs_candidates(generation, policy.name, policy.uri, 1, storage, seed)
+        return model_candidates(generation, "sampled", policy.name, policy.uri, 1, storage, seed)
+
+    def pool_requests(self) -> list[ResourceRequest]:
+        """The round's pools, which run side by side as one streaming pass."""
+        requests = [
+            pool_request("generation.actors", self.spec.generation.actors, "round candidates"),
+            pool_request("ranking.actors", self.spec.ranking.actors, "round ranking"),
+        ]
+        if self._scores_reference:
+            reference = self.spec.reference.actors
+            requests.append(pool_request("reference.actors", reference, "round reference"))
+        return requests
 
     def check_fits(self) -> None:
-        """The round's pools run side by side; on a small Ray too many CPUs hang, not fail."""
-        import ray
-
-        pools = [self.spec.generation.actors, self.spec.ranking.actors]
-        if self._scores_reference:
-            pools.append(self.spec.reference.actors)
-        needed = sum(pool.num_actors * pool.num_cpus for pool in pools)
-        available = ray.cluster_resources().get("CPU", 0.0)
-        if needed > available - 1:
-            raise SpecError(
-                f"an online round chains generation, ranking and reference actor pools of "
-                f"{needed:g} CPUs in all, but this Ray has {available:g}, and the tasks that "
-                "read and write need one free",
-                hint="lower num_cpus (fractions are fine) or num_actors of generation.actors, "
-                "ranking.actors or reference.actors",
-            )
+        """Before the offline runs: the rounds' pools can run here, or the cluster can grow to
+        them (a small Ray hangs on too many CPUs instead of failing)."""
+        self.stage.ensure_resources(self.pool_requests(), spare_cpus=SPARE_CPUS_FOR_TASKS)
 
 
 def rounds_summary(run_dir: RunDir, training: Any, log: pa.Table) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.runtime import map_with_actor_pool
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.quarantine import route_quarantine
@@ -29,14 +30,18 @@ class RankStage(Stage):
         return {"ranking": self.spec.ranking.model_dump(mode="json", exclude={"actors"})}
 
     def run(self) -> StageCounts:
-        from amp_ray.ranking import CandidateRanker
+        from amp_ray.ranking import CandidateRanker, ranker_kwargs
 
         ranking = self.spec.ranking
         candidates = self.run_dir.dataset("generate", "candidates")
         pool = ranking.actors
-        args = (ranking.checker, ranking.encoder, ranking.tau, ranking.num_levels, pool.num_cpus)
-        source = candidates.read_ray(override_num_blocks=max(2, 4 * pool.num_actors))
-        ranked = map_with_actor_pool(source, CandidateRanker, pool, args)
+        kwargs = ranker_kwargs(ranking, ranking.num_levels)
+        self.ensure_resources(
+            [pool_request("ranking.actors", pool, "the ranking pool")],
+            spare_cpus=SPARE_CPUS_FOR_TASKS,
+        )
+        source = candidates.read_ray(override_num_blocks=max(2, 4 * pool.max_actors))
+        ranked = map_with_actor_pool(source, CandidateRanker, pool, kwargs)
         preferences = self.run_dir.writer(self.name, "preferences", "preferences")
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         route = functools.partial(

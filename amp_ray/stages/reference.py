@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.data.items import rows_not_in
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
@@ -49,20 +50,16 @@ class ReferenceStage(Stage):
             )
 
     def run(self) -> StageCounts:
-        from amp_ray.generation.reference import ReferenceScorer
+        from amp_ray.generation.reference import ReferenceScorer, scorer_kwargs
 
         name = str(self.reference_model())
         source_stage, dataset = self.inputs[0]
         preferences = self.run_dir.dataset(source_stage, dataset)
         pool = self.spec.reference.actors
-        args = (
-            name,
-            model_uri(self.spec, self.run_dir, name),
-            self.spec.training.round_weight_step,
-            self.spec.training.max_length,
-            self.spec.reference.micro_batch_size,
-            pool.num_cpus,
-            self.spec.storage,
+        kwargs = scorer_kwargs(self.spec, name, model_uri(self.spec, self.run_dir, name))
+        self.ensure_resources(
+            [pool_request("reference.actors", pool, f"scoring with {name}")],
+            spare_cpus=SPARE_CPUS_FOR_TASKS,
         )
 
         def pending(done: set[str]) -> Any:
@@ -70,7 +67,7 @@ class ReferenceStage(Stage):
             rows = light_map(preferences.read_ray(), unscored)
             # blocks of one batch each: every actor gets work and each batch is journaled alone
             rows = rows.repartition(target_num_rows_per_block=pool.batch_size)
-            return map_with_actor_pool(rows, ReferenceScorer, pool, args)
+            return map_with_actor_pool(rows, ReferenceScorer, pool, kwargs)
 
         counts = self.write_journaled(pending, "preferences", "reference_logprobs")
         return StageCounts(preferences.num_rows, counts.rows_out, counts.rows_quarantined)

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request, workers_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri, root_model, run_in_dependency_order
@@ -160,10 +161,16 @@ class SftStage(Stage):
         # blocks of a few batches each, so that every actor of the pool gets work
         sft_items = sft_items.repartition(target_num_rows_per_block=4 * pool.batch_size)
         encoded = {}
+        request = pool_request("sft.encode_actors", pool, "the encoding pool")
+        self.ensure_resources([request], spare_cpus=SPARE_CPUS_FOR_TASKS)
         for key, root in groups.items():
-            processor = model_uri(self.spec, self.run_dir, root)
-            args = (processor, self.spec.sft.max_length, 0.0, self.spec.storage)
-            table = map_with_actor_pool(sft_items, ItemEncoder, pool, args)
+            kwargs = {
+                "processor_path": model_uri(self.spec, self.run_dir, root),
+                "max_length": self.spec.sft.max_length,
+                "round_weight_step": 0.0,
+                "storage": self.spec.storage,
+            }
+            table = map_with_actor_pool(sft_items, ItemEncoder, pool, kwargs)
             encoded[key] = table.materialize()
             write_ray(
                 encoded[key],
@@ -199,6 +206,7 @@ class SftStage(Stage):
             engine=asdict(EngineConfig.from_block(sft, run.steps, seed)),
         )
         storage = self.run_dir.location.join(self.name, "ray")
+        self.ensure_resources([workers_request("sft.scaling", sft.scaling, f"training {name}")])
         result = fit(sft_loop, config.to_dict(), {"train": train}, sft.scaling, name, storage)
         commit_model(location, attempt, {"settings": settings, "final": dict(result.metrics or {})})
         return train.count()

@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request, workers_request
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
@@ -174,15 +175,19 @@ class TrainStage(Stage):
             levels = (training.num_levels, self.encoded_levels(), self.reads_stored_reference())
         else:
             levels = (recipe.num_levels, trained_levels(recipe), recipe.reference == "precomputed")
-        args = (
-            model_uri(self.spec, self.run_dir, str(training.policy)),
-            training.max_length,
-            training.round_weight_step,
-            *levels,
-            self.spec.storage,
+        kwargs = {
+            "processor_path": model_uri(self.spec, self.run_dir, str(training.policy)),
+            "max_length": training.max_length,
+            "round_weight_step": training.round_weight_step,
+            **dict(zip(("num_levels", "levels", "need_reference"), levels, strict=True)),
+            "storage": self.spec.storage,
+        }
+        self.ensure_resources(
+            [pool_request("training.encode_actors", pool, "the encoding pool")],
+            spare_cpus=SPARE_CPUS_FOR_TASKS,
         )
         rows = source.read_ray().repartition(target_num_rows_per_block=pool.batch_size)
-        encoded = map_with_actor_pool(rows, LevelEncoder, pool, args).materialize()
+        encoded = map_with_actor_pool(rows, LevelEncoder, pool, kwargs).materialize()
         write_ray(
             encoded, {"quarantine": quarantine}, functools.partial(quarantine_only, stage=self.name)
         )
@@ -219,6 +224,9 @@ class TrainStage(Stage):
             return RunResult(run, metadata["history"])
         attempt = new_model_attempt()
         config = self._loop_config(recipe, run, location.uri, attempt, start)
+        self.ensure_resources(
+            [workers_request("training.scaling", recipe.scaling, f"training {run.model}")]
+        )
         # one Ray Train run per settings: a changed spec never resumes another's checkpoint
         result = fit(
             preference_loop,

@@ -15,10 +15,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
 from amp_ray.spec import PIPELINE, JobSpec, validate_spec
-from amp_ray.spec.blocks import ActorPoolSpec, ScalingSpec, StorageSpec
+from amp_ray.spec.blocks import ActorPoolSpec, ScalingSpec, StorageSpec, walk_blocks
 from amp_ray.spec.load import with_overrides
 from amp_ray.storage.location import LinkedLocation, Location, open_location
 from amp_ray.storage.run import RunDir
@@ -159,21 +157,11 @@ def shared_cpu_overrides(spec: JobSpec, concurrent: int) -> dict[str, float]:
     """Every actor pool's num_cpus and every Ray Train block's cpus_per_worker, divided by
     `concurrent`: that many trials then ask for what one run asked for."""
     out: dict[str, float] = {}
-    for path, block in _blocks(spec):
+    for path, block in walk_blocks(spec):
         if isinstance(block, ActorPoolSpec):
             out[f"{path}.num_cpus"] = block.num_cpus / concurrent
         elif isinstance(block, ScalingSpec):
             out[f"{path}.cpus_per_worker"] = block.cpus_per_worker / concurrent
-    return out
-
-
-def _blocks(model: BaseModel, prefix: str = "") -> list[tuple[str, BaseModel]]:
-    out: list[tuple[str, BaseModel]] = []
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            path = f"{prefix}{name}"
-            out += [(path, value), *_blocks(value, f"{path}.")]
     return out
 
 

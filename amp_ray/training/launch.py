@@ -28,23 +28,28 @@ def fit(
     """
     from ray.data import ExecutionOptions
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from amp_ray import runtime
+    from amp_ray.cluster.placement import ENV_LOG
 
     dataset_config = None
     if unsplit:
         dataset_config = DataConfig(
             datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
         )
-    resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
-    if scaling.gpus_per_worker:
-        resources["GPU"] = scaling.gpus_per_worker
+    resources = {k: v for k, v in scaling.bundle.items() if not k.startswith("accelerator_type:")}
+    use_gpu = scaling.gpus_per_worker > 0
     trainer = TorchTrainer(
         loop,
         train_loop_config=config,
+        # NCCL where the workers' GPUs are CUDA devices; gloo where they are logical only
+        torch_config=TorchConfig(backend="nccl" if use_gpu and cuda_on(scaling) else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
-            use_gpu=scaling.gpus_per_worker > 0,
+            use_gpu=use_gpu,
             resources_per_worker=resources,
+            accelerator_type=scaling.accelerator_type,
         ),
         datasets=datasets,
         dataset_config=dataset_config,
@@ -53,6 +58,28 @@ def fit(
             storage_path=storage.path,
             storage_filesystem=None if storage.is_local else storage.arrow_fs,
             failure_config=FailureConfig(max_failures=max_failures),
+            # the workers report where they run to the stage's placement log
+            worker_runtime_env={"env_vars": {ENV_LOG: runtime.placement_log or ""}},
         ),
     )
     return trainer.fit()
+
+
+def cuda_on(scaling: ScalingSpec) -> bool:
+    """Whether a worker placed as `scaling` asks sees a CUDA device: a one-off task with the
+    worker's resources, on the node type the workers will get (a simulated cluster's GPUs are
+    logical: Ray hands them out, torch finds no CUDA)."""
+    import ray
+
+    options: dict[str, Any] = {"num_cpus": 0, "num_gpus": scaling.gpus_per_worker}
+    if scaling.accelerator_type:
+        options["accelerator_type"] = scaling.accelerator_type
+    if scaling.resources:
+        options["resources"] = dict(scaling.resources)
+
+    def probe() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    return bool(ray.get(ray.remote(**options)(probe).remote()))

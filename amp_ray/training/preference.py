@@ -98,6 +98,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
+    from amp_ray.cluster.placement import train_worker_device
     from amp_ray.data.levels import level_items
     from amp_ray.training import worker
     from amp_ray.training.batches import dataset_chunks, shuffled_epochs, worker_micro_batches
@@ -108,7 +109,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     worker.seed_everything(opt.seed)  # the same on every rank: LoRA's initial weights agree
-    device = ray.train.torch.get_device()
+    device = train_worker_device(f"training.scaling:{cfg.output_uri.rstrip('/').split('/')[-1]}")
     state = set_up_worker(cfg, device)
     engine, mode = state.engine, state.engine.module.mode
     step = start_step = worker.restore_checkpoint(engine)

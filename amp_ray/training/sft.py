@@ -40,6 +40,7 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train
     import ray.train.torch
 
+    from amp_ray.cluster.placement import train_worker_device
     from amp_ray.models.loading import load_model, load_processor
     from amp_ray.models.store import local_model_path
     from amp_ray.training.worker import (
@@ -59,7 +60,7 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
     storage = StorageSpec(**cfg.storage) if cfg.storage else None
     path = local_model_path(cfg.init_path, storage)
     processor = load_processor(path)
-    device = ray.train.torch.get_device()
+    device = train_worker_device(f"sft.scaling:{cfg.output_uri.rstrip('/').split('/')[-1]}")
     dtype = "bfloat16" if opt.precision == "bf16" else "float32"
     model = load_model(path, dtype=dtype, device=device)
     params = sum(p.numel() for p in model.parameters())
