@@ -54,12 +54,8 @@ def run_job(
     reports = []
     with RaySession(spec.resources, verbose=verbose) as ray_session:
         if ray_session.joins_cluster:  # a local Ray is one node: nothing to check
-            from amp_ray.cluster.capacity import check_run_dir
-
             ray_session.ensure()
-            storage = spec.storage
-            is_local = run.location.is_local
-            check_run_dir(run.uri, is_local, storage.shared, spec.runtime.cluster_config)
+            _check_joined_cluster(spec, names, run)
         echo(f"amp-ray: run {spec.name} in {run.uri}: stages {', '.join(names)}")
         for stage in stages:
             report = _run_stage(stage, run, ray_session, force)
@@ -86,6 +82,18 @@ def check_cluster(spec: JobSpec, stages: Sequence[str]) -> str:
         f", {len(requests)} actor pools and worker sets fit the node types of "
         f"{spec.runtime.cluster_config}"
     )
+
+
+def _check_joined_cluster(spec: JobSpec, stages: Sequence[str], run: RunDir) -> None:
+    """On a cluster, before any stage: the run directory reaches every node, and the requests
+    fit the node types of the autoscaler found on the head (when no cluster_config was given)."""
+    from amp_ray.cluster.capacity import check_run_dir, current_view
+    from amp_ray.cluster.requests import check_node_types, spec_requests
+
+    view = current_view(spec.runtime.cluster_config)
+    check_run_dir(run.uri, run.location.is_local, spec.storage.shared, view)
+    if view.node_types is not None and spec.runtime.cluster_config is None:
+        check_node_types(spec_requests(spec, list(stages)), view.node_types)
 
 
 def _check_inputs_available(stages: list[Stage], run: RunDir) -> None:

@@ -198,17 +198,17 @@ def ray_job(
     )
 
 
-def submit_amp_ray(head: Head, *amp_ray_args: str) -> str:
+def submit_amp_ray(head: Head, *amp_ray_args: str, working_dir: Path | None = REPO) -> str:
     """`ray job submit --working-dir REPO -- amp-ray ARGS` without waiting; the job id. The
     upload of the working dir leaves out .git, .venv and what .gitignore names (runs/)."""
     job_id = f"amp-ray-test-{secrets.token_hex(4)}"
+    upload = ["--working-dir", str(working_dir)] if working_dir else []
     submitted = ray_job(
         head,
         "submit",
         "--submission-id",
         job_id,
-        "--working-dir",
-        str(REPO),
+        *upload,
         "--no-wait",
         "--",
         "amp-ray",

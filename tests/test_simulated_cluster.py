@@ -62,6 +62,8 @@ CLUSTER = {
     "head_node_type": "ray.head.default",
     "auth": {"ssh_user": "ubuntu"},
     "file_mounts": {},
+    "cluster_synced_files": [],
+    "initialization_commands": [],
     "head_setup_commands": [],
     "setup_commands": [],
     "worker_setup_commands": [],
@@ -162,7 +164,11 @@ def nodes(head: Head) -> list[dict[str, Any]]:
 
 
 def submit(head: Head, spec: Path, *args: str) -> str:
-    return submit_amp_ray(head, "run", str(spec), *args)
+    """Without --working-dir: the simulated nodes share this machine's Ray temp dir, and when a
+    worker node's runtime-env agent cleans up the job's unpacked working dir, it deletes it under
+    the driver on the head too (its cwd vanishes mid-job; on separate machines each node has its
+    own copy). The driver runs the installed amp-ray, the same code."""
+    return submit_amp_ray(head, "run", str(spec), *args, working_dir=None)
 
 
 def finished(head: Head, job_id: str) -> tuple[str, str]:
@@ -219,10 +225,8 @@ def test_the_autoscaler_brings_the_nodes_and_gpu_work_runs_on_the_gpu_node(
     assert state == "succeeded", logs[-6000:]
     assert "waiting up to 900 s for the autoscaler" in logs
 
-    seen = nodes(cluster)
-    gpu_nodes = {n["id"] for n in seen if n["resources"].get("GPU")}
-    cpu_nodes = {n["id"] for n in seen if n["resources"].get("CPU") and n["id"] not in gpu_nodes}
-    assert gpu_nodes and cpu_nodes, seen
+    launched = {n["id"] for n in nodes(cluster)} - {n["id"] for n in before}
+    assert launched, "the autoscaler launched no node"
 
     run = RunDir.open(run_dir, StorageSpec(run_dir=run_dir, endpoint_url=s3_endpoint))
     gpu_roles = {
@@ -234,10 +238,12 @@ def test_the_autoscaler_brings_the_nodes_and_gpu_work_runs_on_the_gpu_node(
         placed = [p for p in placements(run, stage) if p["gpu_ids"]]
         assert sorted({p["role"] for p in placed}) == roles, placements(run, stage)
         for placement in placed:
-            assert placement["node_id"] in gpu_nodes and placement["node_type"] == "gpu"
+            assert placement["node_id"] in launched and placement["node_type"] == "gpu"
             assert placement["device"] == "cpu"  # a logical GPU: torch sees no CUDA
-    for placement in placements(run, "data") + placements(run, "rank"):
-        assert not placement["gpu_ids"] and placement["node_id"] not in gpu_nodes
+    # CPU-only pools get no GPU; the first one made the autoscaler add a `cpu` node
+    for placement in placements(run, "data"):
+        assert placement["node_type"] == "cpu" and placement["node_id"] in launched
+    assert not any(p["gpu_ids"] for p in placements(run, "data") + placements(run, "rank"))
 
     # every output holds each item exactly once
     items = run.dataset("data", "items").read_table(["item_id", "split"]).to_pylist()
@@ -264,11 +270,15 @@ def test_the_autoscaler_brings_the_nodes_and_gpu_work_runs_on_the_gpu_node(
         time.sleep(5)
 
 
+@pytest.mark.timeout(1500)
 def test_a_node_lost_in_the_middle_of_generate_loses_no_item(
     cluster: Head, bucket: str, s3_endpoint: str, tmp_path: Path
 ) -> None:
     """Runs after the test above, on its run directory: generate again from scratch (--force),
-    and lose the GPU node once a few batches are journaled."""
+    and lose the GPU node once a few batches are journaled. The fake provider has no cloud API
+    that reports the machine gone: its autoscaler lists the dead node as pending until it ends
+    it as idle (about 3 minutes here), then launches a new `gpu` node, where Ray Data restarts
+    the pool and retries the batches in flight."""
     import s3fs
 
     run_dir = f"s3://{bucket}/run"
@@ -299,8 +309,9 @@ def test_a_node_lost_in_the_middle_of_generate_loses_no_item(
     run = RunDir.open(run_dir, StorageSpec(run_dir=run_dir, endpoint_url=s3_endpoint))
     generated = item_ids(run, "generate", "candidates")
     assert len(generated) == PREFERENCE_ITEMS == len(set(generated))
-    replaced = {n["id"] for n in nodes(cluster) if n["resources"].get("GPU")} - set(gpu)
-    assert replaced, "the autoscaler did not replace the lost GPU node"
+    # the pool started on the lost node and again on the node the autoscaler put in its place
+    gpu_nodes = {p["node_id"] for p in placements(run, "generate") if p["gpu_ids"]}
+    assert gpu[0] in gpu_nodes and len(gpu_nodes) == 2, placements(run, "generate")
 
 
 def test_an_autoscaler_that_never_delivers_ends_with_the_resource_named(

@@ -129,12 +129,11 @@ def ensure_resources(
     )
 
 
-def check_run_dir(uri: str, is_local: bool, shared: bool, cluster_config: str | None) -> None:
+def check_run_dir(uri: str, is_local: bool, shared: bool, view: ClusterView) -> None:
     """A run directory on local disk works on one node only: on a cluster of more nodes (or one
     that an autoscaler grows) each node would write its parts to its own disk."""
     if not is_local or shared:
         return
-    view = current_view(cluster_config)
     if view.num_nodes <= 1 and not view.can_grow():
         return
     grows = " and an autoscaler that adds more" if view.can_grow() else ""

@@ -41,11 +41,15 @@ def log_name(run_uri: str, stage: str) -> str:
 
 
 def open_log(name: str) -> Any:
-    """Start (or find) the named placement log; the driver keeps the handle."""
+    """Start (or find) the named placement log on the driver's node (it must outlive any worker
+    node the stage loses); the driver keeps the handle."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0)(PlacementLog)
-    return actor.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
+    options = {"name": name, "namespace": NAMESPACE, "get_if_exists": True}
+    return actor.options(**options, scheduling_strategy=here).remote()
 
 
 def take(log: Any) -> list[dict[str, Any]]:
