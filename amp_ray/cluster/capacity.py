@@ -34,6 +34,7 @@ from amp_ray.cluster.requests import (
 from amp_ray.errors import AmpRayError, SpecError
 
 POLL_S = 2.0
+HOLD_AFTER_FIT_S = 120.0  # how long a met request is kept for the pools and workers to start
 REQUESTER_PREFIX = "amp-ray"
 
 
@@ -109,7 +110,7 @@ def ensure_resources(
         check_node_types(requests, view.node_types)
     if not view.can_grow():
         raise SpecError(_does_not_fit(requests, view, spare_cpus), hint=_lower_hint(requests))
-    _ask(requests, stage, wait_s)
+    _ask(requests, stage, wait_s + HOLD_AFTER_FIT_S)
     echo(
         f"[{stage}] waiting up to {wait_s:g} s for the autoscaler to add nodes for "
         + "; ".join(r.describe() for r in requests)
@@ -120,6 +121,10 @@ def ensure_resources(
         view = current_view(cluster_config)
         if pack(requests, view.nodes, spare_cpus):
             echo(f"[{stage}] the cluster has what it needs ({view.num_nodes} nodes)")
+            # held only until the pools and workers are placed: Ray Data and Ray Train then ask
+            # for what they use, and a request held all stage long would count twice and keep
+            # a lost node's place from being filled
+            _ask(requests, stage, HOLD_AFTER_FIT_S)
             return view
     release(stage)
     raise ClusterWaitError(
@@ -145,7 +150,7 @@ def check_run_dir(uri: str, is_local: bool, shared: bool, view: ClusterView) -> 
     )
 
 
-def _ask(requests: list[ResourceRequest], stage: str, wait_s: float) -> None:
+def _ask(requests: list[ResourceRequest], stage: str, expire_after_s: float) -> None:
     """Ask the autoscaler for the bundles, through Ray Data's coordinator: it merges every
     requester's bundles into the one `request_resources` call that the autoscaler keeps, and a
     direct call from here would be overwritten by its next merge."""
@@ -155,8 +160,7 @@ def _ask(requests: list[ResourceRequest], stage: str, wait_s: float) -> None:
 
     bundles = [r.bundle for r in requests for _ in range(r.count)]
     requester = _requester(stage)
-    # the request outlives the wait a little: long enough for the pools to start on the nodes
-    DefaultAutoscalingCoordinator(requester).request_resources(bundles, wait_s + 300)
+    DefaultAutoscalingCoordinator(requester).request_resources(bundles, expire_after_s)
     _asked.add(requester)
 
 
