@@ -7,8 +7,9 @@ import json
 import pyarrow as pa
 
 from amp_ray.data.encode import ItemEncoder, encoded_rows
-from amp_ray.storage.quarantine import QUARANTINE_REASON, split_batch
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
 from amp_ray.storage.schemas import ITEMS
+from amp_ray.training.inputs import image_inputs_of
 
 
 def test_unusable_rows_are_quarantined_with_their_reason_and_row(
@@ -46,12 +47,37 @@ def test_unusable_rows_are_quarantined_with_their_reason_and_row(
     assert json.loads(bad["too-long"]["row_json"])["rounds"] == long["rounds"]  # nothing is lost
 
 
-def test_encoded_rows_round_trip_the_vision_inputs(tiny_dir: str, world_items: list[dict]) -> None:
+def test_stored_rows_give_the_training_inputs_that_encoding_saw(
+    tiny_dir: str, world_items: list[dict]
+) -> None:
+    """Encoded rows keep the image as imported, no pixel tensors; the workers' pipeline makes
+    the pixel inputs from it, equal to those of the processor call that counted the tokens."""
     encoder = ItemEncoder(tiny_dir, max_length=512)
     table = encoder(pa.Table.from_pylist(world_items[:3], schema=ITEMS))
+    assert "vision" not in table.column_names and "pixel_values" not in str(table.schema)
     usable, _ = split_batch(table, "sft")
-    rows = encoded_rows(usable)
+    assert usable.column("image").to_pylist() == [item["image"] for item in world_items[:3]]
+    with_pixels = image_inputs_of(usable, tiny_dir)
+    assert with_pixels.column(QUARANTINE_REASON).null_count == 3
+    rows = encoded_rows(with_pixels)
     direct = [encoder.encode(item) for item in world_items[:3]]
-    for got, want in zip(rows, direct, strict=True):
+    for got, want, stored in zip(rows, direct, usable.to_pylist(), strict=True):
         assert got.input_ids == want.input_ids and got.response_weights == want.response_weights
+        assert stored["length"] == len(want)
+        assert got.vision.keys() == want.vision.keys()
         assert got.vision["pixel_values"].equal(want.vision["pixel_values"])
+
+
+def test_an_image_that_breaks_after_encoding_is_marked_at_training_time(
+    tiny_dir: str, world_items: list[dict], tmp_path
+) -> None:
+    image = tmp_path / "image.png"
+    image.write_bytes(world_items[0]["image"])
+    item = {**world_items[0], "image": None, "image_uri": str(image)}
+    encoded = ItemEncoder(tiny_dir, max_length=512)(pa.Table.from_pylist([item], schema=ITEMS))
+    usable, _ = split_batch(encoded, "sft")
+    image.write_bytes(b"truncated")  # the file changed after import
+    [row] = image_inputs_of(usable, tiny_dir).to_pylist()
+    assert row["vision"] is None
+    assert row[QUARANTINE_REASON].startswith("at training time: image cannot be read")
+    assert json.loads(row[ROW_JSON])["image_uri"] == str(image)

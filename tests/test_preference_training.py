@@ -133,6 +133,7 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
     import pyarrow as pa
 
     from amp_ray.data.levels import LevelEncoder, level_items
+    from amp_ray.training.inputs import image_inputs_of
 
     caption = next(item for item in world_items if item["task"] == "caption")
     rows = [
@@ -155,8 +156,11 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
     assert reasons[4] == "3 levels where training.num_levels is 4"
     assert reasons[5] == "2 ref_logps for 4 levels"
     assert all(row[ROW_JSON] for row in out[1:])
-    [good] = level_items(pa.Table.from_pylist([out[0]]).drop_columns([QUARANTINE_REASON]))
+    assert "vision" not in out[0] and out[0]["image"] == caption["image"]
+    stored = pa.Table.from_pylist([out[0]]).drop_columns([QUARANTINE_REASON, ROW_JSON])
+    [good] = level_items(image_inputs_of(stored, tiny_dir))
     assert good.ref_logps == [-1.0, -4.0] and len(good.levels) == 2
+    assert good.levels[0].vision["pixel_values"].shape[0] == 1
     too_long = LevelEncoder(tiny_dir, 20, 0.0, 4, [0, 1, 2, 3], True)
     [row] = too_long(pa.Table.from_pylist(rows[:1])).to_pylist()
     assert "exceed training.max_length 20" in row[QUARANTINE_REASON]

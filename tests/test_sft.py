@@ -15,6 +15,7 @@ from amp_ray.models.store import commit_model, local_model_path, new_model_attem
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import OptimizerSpec, ScalingSpec, ScheduleSpec
 from amp_ray.storage import open_location
+from amp_ray.training.inputs import PlannedInputs
 from amp_ray.training.launch import fit
 from amp_ray.training.optim import EngineConfig
 from amp_ray.training.sft import SftLoopConfig, sft_loop
@@ -48,15 +49,34 @@ def loop_config(tiny_dir: str, output: Path, steps: int, zero_stage: int = 2) ->
 
 
 @pytest.fixture(scope="module")
-def encoded(tiny_dir: str, world_items: list[dict]):
-    import ray.data
-
-    from amp_ray.storage.schemas import ITEMS
+def encoded(tiny_dir: str, world_items: list[dict], tmp_path_factory: pytest.TempPathFactory):
+    """60 world items encoded and committed as sft/encoded-* is (one row per row group)."""
+    from amp_ray.storage.dataset import Dataset, DatasetWriter
+    from amp_ray.storage.quarantine import split_batch
+    from amp_ray.storage.schemas import ENCODED_ITEMS, ITEMS
 
     table = ItemEncoder(tiny_dir, max_length=512)(
         pa.Table.from_pylist(world_items[:60], schema=ITEMS)
     )
-    return ray.data.from_arrow(table.drop_columns(["_quarantine_reason", "_row_json"]))
+    location = open_location(str(tmp_path_factory.mktemp("encoded")))
+    writer = DatasetWriter(location, ENCODED_ITEMS, "encoded_items")
+    writer.write_table(split_batch(table, "sft")[0])
+    writer.commit()
+    return Dataset(location)
+
+
+def planned(encoded, tiny_dir: str, steps: int) -> PlannedInputs:
+    return PlannedInputs.plan(
+        encoded,
+        processor_path=tiny_dir,
+        storage=None,
+        seed=0,
+        micro_batch_size=8,
+        accumulation=2,
+        num_workers=2,
+        steps=steps,
+        mode="buckets",
+    )
 
 
 def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
@@ -65,7 +85,8 @@ def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
     storage = open_location(str(tmp_path / "ray"))
     scaling = ScalingSpec(num_workers=2, cpus_per_worker=0.5)
     first = loop_config(tiny_dir, tmp_path / "model", steps=8)
-    result = fit(sft_loop, first.to_dict(), {"train": encoded}, scaling, "sft-test", storage)
+    inputs = planned(encoded, tiny_dir, 8)
+    result = fit(sft_loop, first.to_dict(), scaling, "sft-test", storage, inputs)
     history = result.return_value["history"]
     assert [m["step"] for m in history] == [2, 4, 6, 8]
     later = (history[-1]["loss"] + history[-2]["loss"]) / 2
@@ -73,7 +94,8 @@ def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
     assert result.return_value["start_step"] == 0
 
     again = loop_config(tiny_dir, tmp_path / "model", steps=12)  # same run name and storage
-    resumed = fit(sft_loop, again.to_dict(), {"train": encoded}, scaling, "sft-test", storage)
+    inputs = planned(encoded, tiny_dir, 12)
+    resumed = fit(sft_loop, again.to_dict(), scaling, "sft-test", storage, inputs)
     assert resumed.return_value["start_step"] == 8
     assert [m["step"] for m in resumed.return_value["history"]] == [10, 12]
     assert resumed.return_value["history"][0]["loss"] < history[0]["loss"]
@@ -99,14 +121,8 @@ def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
 def test_zero3_exports_a_complete_model(tiny_dir: str, encoded, tmp_path: Path) -> None:
     config = loop_config(tiny_dir, tmp_path / "model", steps=2, zero_stage=3)
     scaling = ScalingSpec(num_workers=2, cpus_per_worker=0.5)
-    fit(
-        sft_loop,
-        config.to_dict(),
-        {"train": encoded},
-        scaling,
-        "sft-zero3",
-        open_location(str(tmp_path / "ray")),
-    )
+    storage = open_location(str(tmp_path / "ray"))
+    fit(sft_loop, config.to_dict(), scaling, "sft-zero3", storage, planned(encoded, tiny_dir, 2))
     commit_model(open_location(str(tmp_path / "model")), config.attempt)
     trained = load_model(local_model_path(str(tmp_path / "model")))
     initial = load_model(tiny_dir)

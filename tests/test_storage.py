@@ -200,4 +200,6 @@ def test_docs_storage_md_shows_the_current_schemas() -> None:
         "training_runs",
         "sweep_results",
         "quarantine",
+        "encoded_items",
+        "encoded_levels",
     }

@@ -1,6 +1,7 @@
 """Items to model inputs, as Ray Data callables that load the processor once per actor.
 
-`ItemEncoder` turns rows into token ids, response weights and vision tensors for a training loop,
+`ItemEncoder` turns rows into token ids and response weights for a training loop, beside the
+image as stored (the pixel inputs are made where they are used, training/inputs.py),
 and marks the rows a model cannot take (an image that does not decode or cannot be read, a
 sequence longer than the model allows: never truncated, since cutting image tokens breaks the
 model) so that they reach quarantine.
@@ -19,7 +20,8 @@ from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded, encode_conversation
 from amp_ray.models.store import local_model_path
 from amp_ray.storage.location import open_location
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json, with_reason
+from amp_ray.storage.schemas import ENCODED_ITEMS
 
 
 def load_image(row: dict[str, Any], storage: Any = None) -> Image.Image:
@@ -65,12 +67,21 @@ def encode_levels(
     return encoded
 
 
+def stored_image(row: dict[str, Any]) -> dict[str, Any]:
+    """The image columns an encoded row keeps: the bytes as imported, or the URI."""
+    inline = row.get("image") is not None
+    return {
+        "image": bytes(row["image"]) if inline else None,
+        "image_uri": None if inline else row.get("image_uri"),
+    }
+
+
 class ItemEncoder:
     """Ray Data callable: item rows (ITEMS schema) in, encoded conversations out.
 
-    Output columns: item_id, input_ids, response_weights, vision (the processor's image tensors,
-    serialized with numpy, so any processor's outputs fit one schema), and for rows that cannot be
-    encoded the quarantine reason and the original row as JSON (the other columns then empty).
+    Output: ENCODED_ITEMS columns (token ids, response weights, the image as stored: pixel
+    inputs are made in the training workers' pipeline, training/inputs.py), and for rows that
+    cannot be encoded the quarantine reason and the original row as JSON.
     """
 
     def __init__(
@@ -103,31 +114,27 @@ class ItemEncoder:
         return encoded
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        columns: dict[str, list[Any]] = {name: [] for name in ENCODED.names}
+        rows = []
         for row in batch.to_pylist():
             try:
                 encoded, reason = self.encode(row), None
             except DataError as exc:
                 encoded, reason = Encoded([], [], {}), exc.message
-            columns["item_id"].append(row["item_id"])
-            columns["input_ids"].append(encoded.input_ids)
-            columns["response_weights"].append(encoded.response_weights)
-            columns["vision"].append(pack_vision(encoded.vision) if reason is None else None)
-            columns[QUARANTINE_REASON].append(reason)
-            columns[ROW_JSON].append(None if reason is None else row_to_json(row))
-        return pa.Table.from_pydict(columns, schema=ENCODED)
+            rows.append(
+                {
+                    "item_id": row["item_id"],
+                    "input_ids": encoded.input_ids,
+                    "response_weights": encoded.response_weights,
+                    "length": len(encoded),
+                    **stored_image(row),
+                    QUARANTINE_REASON: reason,
+                    ROW_JSON: None if reason is None else row_to_json(row),
+                }
+            )
+        return pa.Table.from_pylist(rows, schema=ENCODED)
 
 
-ENCODED = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("input_ids", pa.list_(pa.int32())),
-        ("response_weights", pa.list_(pa.float32())),
-        ("vision", pa.binary()),
-        (QUARANTINE_REASON, pa.string()),
-        (ROW_JSON, pa.string()),
-    ]
-)
+ENCODED = with_reason(ENCODED_ITEMS)
 
 
 def pack_vision(vision: dict[str, Any]) -> bytes:
@@ -144,8 +151,8 @@ def unpack_vision(data: bytes) -> dict[str, Any]:
 
 
 def encoded_rows(batch: pa.Table) -> list[Encoded]:
-    """Encoded conversations back from `ItemEncoder` rows, for `collate`."""
+    """Encoded conversations from the training pipeline's rows (with `vision`), for `collate`."""
     return [
         Encoded(row["input_ids"], row["response_weights"], unpack_vision(row["vision"]))
-        for row in batch.to_pylist()
+        for row in batch.select(["input_ids", "response_weights", "vision"]).to_pylist()
     ]

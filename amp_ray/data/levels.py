@@ -15,23 +15,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from amp_ray.data.encode import encode_levels, pack_vision, unpack_vision
+from amp_ray.data.encode import encode_levels, stored_image, unpack_vision
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded
 from amp_ray.models.store import local_model_path
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json, with_reason
+from amp_ray.storage.schemas import ENCODED_LEVELS
 
-ENCODED_LEVELS = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("input_ids", pa.list_(pa.list_(pa.int32()))),  # one token list per level, best first
-        ("response_weights", pa.list_(pa.list_(pa.float32()))),
-        ("vision", pa.binary()),  # the image inputs, once per item (every level shares them)
-        ("ref_logps", pa.list_(pa.float64())),  # empty when the reference runs in the loop
-        (QUARANTINE_REASON, pa.string()),
-        (ROW_JSON, pa.string()),
-    ]
-)
+ENCODED = with_reason(ENCODED_LEVELS)
 
 
 @dataclass
@@ -58,8 +49,8 @@ def check_reference(row: dict[str, Any], selected: list[int]) -> list[float]:
 
 class LevelEncoder:
     """Ray Data callable: preference rows (PREFERENCES or REFERENCE_LOGPROBS) in, ENCODED_LEVELS
-    rows out: of items with `num_levels` levels, those at `levels`, with their ref_logps if
-    `need_reference`."""
+    rows (token ids beside the stored image) out: of items with `num_levels` levels, those at
+    `levels`, with their ref_logps if `need_reference`."""
 
     def __init__(
         self,
@@ -94,26 +85,33 @@ class LevelEncoder:
         return encoded, reference
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        columns: dict[str, list[Any]] = {name: [] for name in ENCODED_LEVELS.names}
+        rows = []
         for row in batch.to_pylist():
             try:
                 (levels, reference), reason = self.encode(row), None
             except DataError as exc:
                 (levels, reference), reason = ([], []), exc.message
-            columns["item_id"].append(row["item_id"])
-            columns["input_ids"].append([level.input_ids for level in levels])
-            columns["response_weights"].append([level.response_weights for level in levels])
-            columns["vision"].append(pack_vision(levels[0].vision) if levels else None)
-            columns["ref_logps"].append(reference)
-            columns[QUARANTINE_REASON].append(reason)
-            columns[ROW_JSON].append(None if reason is None else row_to_json(row))
-        return pa.Table.from_pydict(columns, schema=ENCODED_LEVELS)
+            rows.append(
+                {
+                    "item_id": row["item_id"],
+                    "input_ids": [level.input_ids for level in levels],
+                    "response_weights": [level.response_weights for level in levels],
+                    "ref_logps": reference,
+                    "length": max((len(level) for level in levels), default=0),
+                    **stored_image(row),
+                    QUARANTINE_REASON: reason,
+                    ROW_JSON: None if reason is None else row_to_json(row),
+                }
+            )
+        return pa.Table.from_pylist(rows, schema=ENCODED)
 
 
 def level_items(batch: pa.Table) -> list[LevelItem]:
-    """`LevelEncoder` rows back as `LevelItem`s, for `models.levels.collate_levels`."""
+    """The training pipeline's rows (encoded levels with `vision`) as `LevelItem`s, for
+    `models.levels.collate_levels`."""
     items = []
-    for row in batch.to_pylist():
+    columns = ["item_id", "input_ids", "response_weights", "ref_logps", "vision"]
+    for row in batch.select(columns).to_pylist():
         vision = unpack_vision(row["vision"])
         levels = [
             Encoded(ids, weights, vision)

@@ -16,11 +16,13 @@ def model_candidates(
     initial_rank: int,
     storage: Any,
     seed: int,
+    dtype: str = "auto",
 ) -> tuple[type, dict[str, Any]]:
     """`generation.sampling.num_samples` answers per item from one model (MEG, IG, sampled)."""
     from amp_ray.generation.experts import ModelCandidates
 
     kwargs = _common(generation, name, uri, initial_rank, storage, seed)
+    kwargs["dtype"] = dtype  # models.<name>.dtype (registry.model_dtype)
     return ModelCandidates, {**kwargs, "generator": method}
 
 
@@ -31,11 +33,13 @@ def bdhs_candidates(
     initial_rank: int,
     storage: Any,
     seed: int,
+    dtype: str = "auto",
 ) -> tuple[type, dict[str, Any]]:
     """One candidate per hiding threshold of generation.bdhs from the policy `name`."""
     from amp_ray.generation.bdhs import BdhsCandidates
 
     kwargs = _common(generation, name, uri, initial_rank, storage, seed)
+    kwargs["dtype"] = dtype  # models.<name>.dtype (registry.model_dtype)
     return BdhsCandidates, {**kwargs, "bdhs": generation.bdhs}
 
 
@@ -50,6 +54,5 @@ def _common(
         "sampling": generation.sampling,
         "num_cpus": generation.actors.num_cpus,
         "storage": storage,
-        "dtype": "auto",
         "seed": seed,
     }

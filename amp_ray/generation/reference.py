@@ -25,9 +25,12 @@ SCORED_ROWS = REFERENCE_LOGPROBS.append(pa.field(QUARANTINE_REASON, pa.string())
 def scorer_kwargs(spec: Any, name: str, uri: str) -> dict[str, Any]:
     """ReferenceScorer's constructor arguments for reference model `name` at `uri`, from the
     spec's reference and training blocks (the reference stage and the online rounds)."""
+    from amp_ray.models.registry import model_dtype
+
     return {
         "model_name": name,
         "model_path": uri,
+        "dtype": model_dtype(spec, name),
         "round_weight_step": spec.training.round_weight_step,
         "max_length": spec.training.max_length,
         "micro_batch_size": spec.reference.micro_batch_size,
@@ -55,6 +58,7 @@ class ReferenceScorer:
 
         self.model, self.processor = load_for_inference(model_path, num_cpus, storage, dtype)
         self.model_name = model_name
+        self.dtype = str(self.model.dtype).removeprefix("torch.")  # what "auto" resolved to
         self.round_weight_step = round_weight_step
         self.max_length = max_length
         self.micro_batch_size = micro_batch_size
@@ -68,11 +72,8 @@ class ReferenceScorer:
             # a row set aside upstream in the same chain (the online rounds' ranker) keeps its
             # reason: it has no levels to score
             upstream = row.get(QUARANTINE_REASON)
-            row["ref_model"], row["ref_logps"], row[QUARANTINE_REASON] = (
-                self.model_name,
-                [],
-                upstream,
-            )
+            row["ref_model"], row["ref_dtype"], row["ref_logps"] = self.model_name, self.dtype, []
+            row[QUARANTINE_REASON] = upstream
             if upstream is not None:
                 continue
             try:

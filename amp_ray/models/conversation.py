@@ -81,11 +81,7 @@ def encode_conversation(
                 text=[piece], images=[image], add_special_tokens=False, return_tensors="pt"
             )
             ids = encoded["input_ids"][0].tolist()
-            vision = {
-                key: value
-                for key, value in encoded.items()
-                if key not in ("input_ids", "attention_mask")
-            }
+            vision = vision_of(encoded)
         else:
             ids = processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
         weight = 0.0 if is_prompt else 1.0 + round_weight_step * ((k - 1) // 2)
@@ -102,6 +98,25 @@ def encode_conversation(
         input_ids += ids
         weights += [0.0] * len(ids)
     return Encoded(input_ids, weights, vision)
+
+
+TEXT_KEYS = ("input_ids", "attention_mask")
+
+
+def vision_of(processed: Any) -> dict[str, torch.Tensor]:
+    """The vision inputs of a processor's output: everything but the text's."""
+    return {key: value for key, value in processed.items() if key not in TEXT_KEYS}
+
+
+def image_inputs(processor: Any, image: Image.Image) -> dict[str, torch.Tensor]:
+    """The vision inputs the processor makes for `image`, as `encode_conversation` gets them:
+    the same call, over the image's turn alone (pixel_values, and per family image_sizes,
+    image_grid_thw or pixel_attention_mask). Training builds them from the stored image."""
+    text = processor.apply_chat_template(messages_for([""], []), tokenize=False)
+    processed = processor(
+        text=[text], images=[image], add_special_tokens=False, return_tensors="pt"
+    )
+    return vision_of(processed)
 
 
 def collate(

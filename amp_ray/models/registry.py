@@ -29,6 +29,14 @@ def model_uri(spec: JobSpec, run_dir: RunDir, name: str) -> str:
     return run_dir.location.join("sft", "init", name).uri
 
 
+def model_dtype(spec: JobSpec, name: str) -> str:
+    """The dtype model `name` loads in wherever it is used (generation, scoring, evaluation):
+    its `models` entry's, or for an SFT run its root model's; "auto" (the checkpoint's own) for
+    a model this run trained."""
+    root = root_model(spec, name)
+    return spec.models[root].dtype if root in spec.models else "auto"
+
+
 def root_model(spec: JobSpec, name: str) -> str:
     """The `models` entry an SFT run chain starts from."""
     while name in spec.sft.runs:

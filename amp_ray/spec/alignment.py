@@ -224,6 +224,10 @@ class TrainingSpec(Block):
     schedule: ScheduleSpec = ScheduleSpec()
     max_grad_norm: PositiveFloat = 0.3
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    reference_dtype_mismatch: Literal["refuse", "allow"] = Field(
+        "refuse",
+        description="train against reference log-probs scored in another dtype than the policy's",
+    )
     gradient_checkpointing: bool = False
     freeze_vision: bool = True
     lora: LoraSpec | None = None
@@ -233,6 +237,9 @@ class TrainingSpec(Block):
     log_every: PositiveInt = 10
     max_length: PositiveInt = 2048
     encode_actors: ActorPoolSpec = ActorPoolSpec(batch_size=64)
+    input_cpus: PositiveFloat = Field(
+        0.25, description="CPUs of each task that makes pixel inputs in the workers' pipelines"
+    )
     compare: CompareSpec = CompareSpec()
     online: OnlineSpec = OnlineSpec()
     eval: WorldCheckSpec = Field(

@@ -375,4 +375,7 @@ class SftSpec(Block):
         2, description="runs trained side by side (each with its own Ray Train workers)"
     )
     encode_actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=1.0, batch_size=128)
+    input_cpus: PositiveFloat = Field(
+        0.25, description="CPUs of each task that makes pixel inputs in the workers' pipelines"
+    )
     eval: WorldCheckSpec = WorldCheckSpec()

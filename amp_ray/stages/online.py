@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest, pool_request
 from amp_ray.data.items import rows_in
 from amp_ray.errors import DataError
-from amp_ray.models.registry import model_uri
+from amp_ray.models.registry import model_dtype, model_uri
 from amp_ray.models.store import committed_model
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec import JobSpec
@@ -184,8 +184,8 @@ class OnlineRounds:
         quarantined = self.run_dir.dataset("train", round_dataset(number, "quarantine"))
         if quarantined.num_rows:
             self.quarantine.write_table(quarantined.read_table())
-        encoded = self.stage._encode(data, self.quarantine, self.recipe)
-        if encoded.count() == 0:
+        encoded = self.stage._encode(data, self.quarantine, self.recipe, f"_round{number}")
+        if encoded.num_rows == 0:
             self.quarantine.commit()  # so that the reasons can be read
             raise DataError(
                 f"online round {number} has no usable items: train/quarantine says why each "
@@ -290,9 +290,12 @@ class OnlineRounds:
         from amp_ray.generation.pools import bdhs_candidates, model_candidates
 
         generation, storage = self.spec.generation, self.spec.storage
+        dtype = model_dtype(self.spec, policy.name)
         if self.training.online.generator == "bdhs":
-            return bdhs_candidates(generation, policy.name, policy.uri, 1, storage, seed)
-        return model_candidates(generation, "sampled", policy.name, policy.uri, 1, storage, seed)
+            return bdhs_candidates(generation, policy.name, policy.uri, 1, storage, seed, dtype)
+        return model_candidates(
+            generation, "sampled", policy.name, policy.uri, 1, storage, seed, dtype
+        )
 
     def pool_requests(self) -> list[ResourceRequest]:
         """The round's pools, which run side by side as one streaming pass."""

@@ -18,9 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request, workers_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
@@ -37,12 +34,13 @@ from amp_ray.runtime import (
     map_with_actor_pool,
 )
 from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, quarantine_only
+from amp_ray.storage.quarantine import route_quarantine
 from amp_ray.storage.raysink import write_ray
 
 # sft settings that change how the stage runs, not what it makes
 HOW_IT_RUNS = {
     "encode_actors": True,
+    "input_cpus": True,
     "max_concurrent_runs": True,
     "log_every": True,
     "checkpoint_every": True,
@@ -100,7 +98,7 @@ class SftStage(Stage):
         trained_rows = max(trained.values())
         self._evaluate(quarantine)
         quarantined = quarantine.commit().num_rows
-        sft_rows = max(table.count() for table in encoded.values())
+        sft_rows = max(dataset.num_rows for dataset in encoded.values())
         return StageCounts(sft_rows, trained_rows, quarantined)
 
     # -- models built from config ---------------------------------------------------------------
@@ -170,19 +168,24 @@ class SftStage(Stage):
                 "round_weight_step": 0.0,
                 "storage": self.spec.storage,
             }
-            table = map_with_actor_pool(sft_items, ItemEncoder, pool, kwargs)
-            encoded[key] = table.materialize()
+            name = f"encoded-{key[:12]}"
+            writer = self.run_dir.writer(self.name, name, "encoded_items")
             write_ray(
-                encoded[key],
-                {"quarantine": quarantine},
-                functools.partial(quarantine_only, stage=self.name),
+                map_with_actor_pool(sft_items, ItemEncoder, pool, kwargs),
+                {"encoded": writer, "quarantine": quarantine},
+                functools.partial(
+                    route_quarantine, stage=self.name, good="encoded", bad="quarantine"
+                ),
             )
+            writer.commit()
+            encoded[key] = self.run_dir.dataset(self.name, name)
         return encoded
 
     # -- training -------------------------------------------------------------------------------
 
     def _train(self, name: str, encoded: Any) -> int:
         """Train run `name` unless its model is committed with the same settings; rows used."""
+        from amp_ray.training.inputs import PlannedInputs
         from amp_ray.training.launch import fit
         from amp_ray.training.optim import EngineConfig
         from amp_ray.training.sft import SftLoopConfig, sft_loop
@@ -190,26 +193,37 @@ class SftStage(Stage):
         run = self.spec.sft.runs[name]
         sft = self.spec.sft
         location = self.run_dir.location.join(self.name, "models", name)
-        train = light_map(
-            encoded, functools.partial(_training_rows, fraction=run.data_fraction)
-        ).materialize()
         settings = self._training_settings(name)
-        if model_metadata(location).get("settings") == settings and not self.force:
-            return train.count()
-        attempt = new_model_attempt()
         seed = self.spec.seed + zlib.crc32(name.encode())
+        engine = EngineConfig.from_block(sft, run.steps, seed)
+        inputs = PlannedInputs.plan(
+            encoded,
+            processor_path=model_uri(self.spec, self.run_dir, root_model(self.spec, name)),
+            storage=self.spec.storage,
+            seed=seed,
+            micro_batch_size=sft.micro_batch_size,
+            accumulation=sft.gradient_accumulation_steps,
+            num_workers=sft.scaling.num_workers,
+            steps=run.steps,
+            input_cpus=sft.input_cpus,
+            mode="buckets",
+            keep=functools.partial(in_fraction, fraction=run.data_fraction),
+        )
+        if model_metadata(location).get("settings") == settings and not self.force:
+            return inputs.num_items
+        attempt = new_model_attempt()
         config = SftLoopConfig(
             init_path=model_uri(self.spec, self.run_dir, run.init),
             output_uri=location.uri,
             attempt=attempt,
             storage=self.spec.storage.model_dump(),
-            engine=asdict(EngineConfig.from_block(sft, run.steps, seed)),
+            engine=asdict(engine),
         )
         storage = self.run_dir.location.join(self.name, "ray")
         self.ensure_resources([workers_request("sft.scaling", sft.scaling, f"training {name}")])
-        result = fit(sft_loop, config.to_dict(), {"train": train}, sft.scaling, name, storage)
+        result = fit(sft_loop, config.to_dict(), sft.scaling, name, storage, inputs)
         commit_model(location, attempt, {"settings": settings, "final": dict(result.metrics or {})})
-        return train.count()
+        return inputs.num_items
 
     # -- the world check --------------------------------------------------------------------------
 
@@ -238,10 +252,3 @@ def _commit_directory(directory: str, location: Any, metadata: dict[str, Any]) -
     attempt = new_model_attempt()
     upload_model_dir(directory, location, attempt)
     commit_model(location, attempt, metadata)
-
-
-def _training_rows(batch: pa.Table, fraction: float) -> pa.Table:
-    """Encoded rows that are usable and fall into the run's data fraction."""
-    good = batch.filter(pc.is_null(batch.column(QUARANTINE_REASON)))
-    keep = [in_fraction(item_id, fraction) for item_id in good.column("item_id").to_pylist()]
-    return good.filter(pa.array(keep, pa.bool_())).drop_columns([QUARANTINE_REASON, ROW_JSON])

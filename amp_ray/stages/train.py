@@ -33,17 +33,18 @@ from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request, workers
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
-from amp_ray.runtime import light_map, map_with_actor_pool
+from amp_ray.runtime import map_with_actor_pool
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
 from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, quarantine_only
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, route_quarantine
 from amp_ray.storage.raysink import write_ray
 from amp_ray.storage.run import fingerprint
 from amp_ray.training.runs import PlannedRun, arms, equal_step_runs, equal_time_runs
 
 HOW_IT_RUNS = {
     "encode_actors": True,
+    "input_cpus": True,
     "log_every": True,
     "checkpoint_every": True,
     "compare": {"max_concurrent_runs": True},
@@ -55,6 +56,7 @@ HOW_IT_RUNS = {
 class RunResult:
     run: PlannedRun
     history: list[dict[str, float]]  # every logged window's metrics
+    set_aside: list[dict[str, Any]]  # rows the workers could not use (item_id, reason, row_json)
 
     @property
     def step_seconds(self) -> float:
@@ -73,7 +75,7 @@ class RunStart:
 
 class TrainStage(Stage):
     name = "train"
-    outputs = ("quarantine", "log", "runs", "answers", "metrics")
+    outputs = ("quarantine", "encoded", "log", "runs", "answers", "metrics")
 
     @property
     def inputs(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
@@ -133,6 +135,8 @@ class TrainStage(Stage):
         training = self.spec.training
         source = self.run_dir.dataset(*self.inputs[0])
         check_num_levels(source, training.num_levels, "/".join(self.inputs[0]))
+        if self.reads_stored_reference():
+            check_reference_dtype(source, training)
         if self.force:
             self.run_dir.location.join(self.name, "ray").remove()
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
@@ -143,7 +147,7 @@ class TrainStage(Stage):
             online = OnlineRounds(self, source, quarantine)
             online.check_fits()  # now, not after hours of offline training
         encoded = self._encode(source, quarantine)
-        rows = encoded.count()
+        rows = encoded.num_rows
         if rows == 0:
             raise SpecError(
                 f"no usable training items in {'/'.join(self.inputs[0])}: all of them are in "
@@ -156,6 +160,7 @@ class TrainStage(Stage):
         results += self._train_all(equal_time_runs(training, step_seconds), encoded)
         if online is not None:
             results += online.run()
+        quarantine.write_table(set_aside_table(self.name, results))
         self._write_log(results)
         self._write_runs(results)
         policy = str(training.policy)
@@ -164,9 +169,12 @@ class TrainStage(Stage):
         check_models(self, models, training.eval, quarantine)
         return StageCounts(source.num_rows, rows, quarantine.commit().num_rows)
 
-    def _encode(self, source: Any, quarantine: Any, recipe: TrainingSpec | None = None) -> Any:
-        """The rows of `source` encoded for training: for the offline recipes, or for `recipe`
-        alone (an online round), with every level it trains on."""
+    def _encode(
+        self, source: Any, quarantine: Any, recipe: TrainingSpec | None = None, name: str = ""
+    ) -> Any:
+        """The rows of `source` encoded for training into train/encoded<name> (token ids beside
+        the stored image; the workers make the pixel inputs): for the offline recipes, or for
+        `recipe` alone (an online round), with every level it trains on."""
         from amp_ray.data.levels import LevelEncoder
 
         training = self.spec.training
@@ -179,20 +187,22 @@ class TrainStage(Stage):
             "processor_path": model_uri(self.spec, self.run_dir, str(training.policy)),
             "max_length": training.max_length,
             "round_weight_step": training.round_weight_step,
-            **dict(zip(("num_levels", "levels", "need_reference"), levels, strict=True)),
             "storage": self.spec.storage,
         }
+        kwargs.update(zip(("num_levels", "levels", "need_reference"), levels, strict=True))
         self.ensure_resources(
             [pool_request("training.encode_actors", pool, "the encoding pool")],
             spare_cpus=SPARE_CPUS_FOR_TASKS,
         )
         rows = source.read_ray().repartition(target_num_rows_per_block=pool.batch_size)
-        encoded = map_with_actor_pool(rows, LevelEncoder, pool, kwargs).materialize()
+        encoded = self.run_dir.writer(self.name, f"encoded{name}", "encoded_levels")
         write_ray(
-            encoded, {"quarantine": quarantine}, functools.partial(quarantine_only, stage=self.name)
+            map_with_actor_pool(rows, LevelEncoder, pool, kwargs),
+            {"encoded": encoded, "quarantine": quarantine},
+            functools.partial(route_quarantine, stage=self.name, good="encoded", bad="quarantine"),
         )
-        # sorted by item id: a stored order every worker reads the same way
-        return light_map(encoded, _good).sort("item_id").materialize()
+        encoded.commit()
+        return self.run_dir.dataset(self.name, f"encoded{name}")
 
     # -- training runs ----------------------------------------------------------------------
 
@@ -207,6 +217,7 @@ class TrainStage(Stage):
     def _train(self, run: PlannedRun, encoded: Any, start: RunStart | None = None) -> RunResult:
         """Train `run` unless its model is committed with the same settings. `start` is for a
         run that is not a planned offline one (an online round)."""
+        from amp_ray.training.inputs import set_aside_rows
         from amp_ray.training.launch import fit
         from amp_ray.training.preference import preference_loop
 
@@ -221,7 +232,7 @@ class TrainStage(Stage):
         }
         metadata = model_metadata(location)
         if metadata.get("settings") == settings and not self.force:
-            return RunResult(run, metadata["history"])
+            return RunResult(run, metadata["history"], metadata.get("set_aside", []))
         attempt = new_model_attempt()
         config = self._loop_config(recipe, run, location.uri, attempt, start)
         self.ensure_resources(
@@ -231,15 +242,32 @@ class TrainStage(Stage):
         result = fit(
             preference_loop,
             config,
-            {"train": encoded},
             recipe.scaling,
             f"{run.model}-{fingerprint(settings, {})}",
             self.run_dir.location.join(self.name, "ray"),
-            unsplit=True,
+            inputs=self._inputs(encoded, recipe, config["engine"]),
         )
         history = _history(result)
-        commit_model(location, attempt, {"settings": settings, "history": history})
-        return RunResult(run, history)
+        set_aside = set_aside_rows(result.checkpoint)
+        metadata = {"settings": settings, "history": history, "set_aside": set_aside}
+        commit_model(location, attempt, metadata)
+        return RunResult(run, history, set_aside)
+
+    def _inputs(self, encoded: Any, recipe: TrainingSpec, engine: dict[str, Any]) -> Any:
+        """The run's planned inputs (training/inputs.py) over the encoded dataset."""
+        from amp_ray.training.inputs import PlannedInputs
+
+        return PlannedInputs.plan(
+            encoded,
+            processor_path=model_uri(self.spec, self.run_dir, str(recipe.policy)),
+            storage=self.spec.storage,
+            seed=engine["seed"],
+            micro_batch_size=recipe.micro_batch_size,
+            accumulation=recipe.gradient_accumulation_steps,
+            num_workers=recipe.scaling.num_workers,
+            steps=engine["steps"],
+            input_cpus=recipe.input_cpus,
+        )
 
     def _loop_config(
         self,
@@ -339,6 +367,49 @@ def check_num_levels(dataset: Any, num_levels: int, where: str) -> None:
         )
 
 
+def check_reference_dtype(dataset: Any, training: TrainingSpec) -> None:
+    """Refuse reference log-probs scored in another dtype than the policy trains in: the DPO
+    margins would start off zero by the precision gap alone."""
+    from amp_ray.training.optim import weights_dtype
+
+    trains_in = weights_dtype(training.precision)
+    columns = dataset.manifest.arrow_schema.names
+    scored = (
+        set(dataset.read_table(["ref_dtype"]).column("ref_dtype").to_pylist())
+        if "ref_dtype" in columns
+        else {None}
+    )
+    if scored <= {trains_in} or training.reference_dtype_mismatch == "allow":
+        return
+    shown = ", ".join(sorted(str(d) if d else "an unrecorded dtype" for d in scored))
+    raise SpecError(
+        f"reference/preferences was scored in {shown}, but training.precision "
+        f"{training.precision} trains the policy in {trains_in}",
+        hint=f"set models.{training.policy}.dtype: {trains_in} (or reference.model's) and re-run "
+        "the reference stage (--stage reference --force), or change training.precision, or set "
+        "training.reference_dtype_mismatch: allow",
+    )
+
+
+def set_aside_table(stage: str, results: list[RunResult]) -> pa.Table:
+    """The rows the runs' workers set aside, once per item, as quarantine rows."""
+    from amp_ray.storage.schemas import QUARANTINE
+
+    rows = {row["item_id"]: row for result in results for row in result.set_aside}
+    return pa.Table.from_pylist(
+        [
+            {
+                "stage": stage,
+                "item_id": key,
+                "reason": row[QUARANTINE_REASON],
+                "row_json": row[ROW_JSON],
+            }
+            for key, row in sorted(rows.items())
+        ],
+        schema=QUARANTINE,
+    )
+
+
 def _history(result: Any) -> list[dict[str, float]]:
     from amp_ray.training.preference import HISTORY_FILE
     from amp_ray.training.worker import checkpoint_file
@@ -347,8 +418,3 @@ def _history(result: Any) -> list[dict[str, float]]:
     if not saved:
         raise RuntimeError("training ended without its metrics history in the last checkpoint")
     return json.loads(saved)
-
-
-def _good(batch: pa.Table) -> pa.Table:
-    good = batch.filter(pc.is_null(batch.column(QUARANTINE_REASON)))
-    return good.drop_columns([QUARANTINE_REASON, ROW_JSON])

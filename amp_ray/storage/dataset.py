@@ -156,7 +156,7 @@ class DatasetWriter:
         """Write one part file. Columns are checked against (and cast to) the dataset's schema."""
         table = conform(table, self.schema, self.schema_name)
         name = f"{self.attempt_dir}/part-{len(self._files):05d}-{uuid.uuid4().hex[:8]}.parquet"
-        self.add_files([write_part(self.location, name, table)])
+        self.add_files([write_part(self.location, name, table, self.schema_name)])
 
     def write_ray(self, dataset: ray.data.Dataset) -> None:
         """Write a Ray Data dataset from the workers, straight into this attempt's folder."""
@@ -212,10 +212,16 @@ def new_attempt_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def write_part(dataset: Location, relative_path: str, table: pa.Table) -> FileEntry:
-    """Write `table` as one Parquet file in a single PUT (whole or absent, on S3 as on disk)."""
+def write_part(
+    dataset: Location, relative_path: str, table: pa.Table, schema_name: str = ""
+) -> FileEntry:
+    """Write `table` as one Parquet file in a single PUT (whole or absent, on S3 as on disk);
+    the schemas read a row at a time get one row per row group."""
+    from amp_ray.storage.schemas import ONE_ROW_GROUPS
+
     buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
+    row_group_size = 1 if schema_name in ONE_ROW_GROUPS else None
+    pq.write_table(table, buffer, row_group_size=row_group_size)
     data = buffer.getvalue().to_pybytes()
     target = dataset.join(relative_path)
     guard(target, "write", target.fs.pipe_file, target.path, data)

@@ -20,6 +20,13 @@ QUARANTINE_REASON = "_quarantine_reason"
 ROW_JSON = "_row_json"  # optional: the original row, where the batch no longer holds it
 
 
+def with_reason(schema: pa.Schema) -> pa.Schema:
+    """`schema` plus the columns a row function marks unusable rows with."""
+    return schema.append(pa.field(QUARANTINE_REASON, pa.string())).append(
+        pa.field(ROW_JSON, pa.string())
+    )
+
+
 def row_to_json(row: dict[str, Any]) -> str:
     """The row as JSON, losslessly: bytes become {"__bytes_b64__": ...}."""
 

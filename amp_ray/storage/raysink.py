@@ -62,7 +62,7 @@ class _PartsDatasink(Datasink[dict[str, list[FileEntry]]]):
             target = self.targets[name]
             part = conform(part, target.schema, target.schema_name)
             path = f"{target.attempt_dir}/part-{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}.parquet"
-            written[name] = [write_part(target.location, path, part)]
+            written[name] = [write_part(target.location, path, part, target.schema_name)]
         if self.journal_dir is not None:
             write_entry(self.journal_dir, written, table.column(self.key_column).to_pylist())
         return written

@@ -96,6 +96,7 @@ REFERENCE_LOGPROBS = pa.schema(
             "the reference model's summed (round-weighted) log-prob of each level, level order",
         ),
         _col("ref_model", pa.string(), "the reference model that scored them"),
+        _col("ref_dtype", pa.string(), "the dtype the reference model scored in (float32, ...)"),
     ],
     metadata={"doc": "reference/preferences: the preferences with reference log-probs beside them"},
 )
@@ -207,6 +208,40 @@ SWEEP_RESULTS = pa.schema(
     },
 )
 
+_STORED_IMAGE = [
+    _col("image", pa.binary(), "the item's image file bytes as imported (or null: image_uri)"),
+    _col("image_uri", pa.string(), "where the image is, when it is not stored inline"),
+    _col("length", pa.int32(), "tokens of the longest sequence, for planning batches"),
+]
+ENCODED_ITEMS = pa.schema(
+    [
+        _col("item_id", pa.string(), "the item", nullable=False),
+        _col("input_ids", pa.list_(pa.int32()), "the dialogue's token ids"),
+        _col("response_weights", pa.list_(pa.float32()), "per token: 0 outside the answers"),
+        *_STORED_IMAGE,
+    ],
+    metadata={
+        "doc": "sft/encoded-<processor>: items as token ids beside their stored image; the pixel "
+        "inputs are made in the training workers' input pipeline. One row per row group: each "
+        "worker reads only the rows of its own micro-batches"
+    },
+)
+ENCODED_LEVELS = pa.schema(
+    [
+        _col("item_id", pa.string(), "the item", nullable=False),
+        _col("input_ids", pa.list_(pa.list_(pa.int32())), "one token list per level, best first"),
+        _col("response_weights", pa.list_(pa.list_(pa.float32())), "per level, per token"),
+        _col("ref_logps", pa.list_(pa.float64()), "per level; empty if the reference runs in-loop"),
+        *_STORED_IMAGE,
+    ],
+    metadata={
+        "doc": "train/encoded: the K levels of each preference item as token ids beside the "
+        "stored image (one row per row group, as sft/encoded-<processor>)"
+    },
+)
+# datasets read a row at a time (training/inputs.py): one row per Parquet row group
+ONE_ROW_GROUPS = ("encoded_items", "encoded_levels")
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "candidates": CANDIDATES,
@@ -219,6 +254,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "training_runs": TRAINING_RUNS,
     "sweep_results": SWEEP_RESULTS,
     "quarantine": QUARANTINE,
+    "encoded_items": ENCODED_ITEMS,
+    "encoded_levels": ENCODED_LEVELS,
 }
 
 

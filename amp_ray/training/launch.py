@@ -7,37 +7,31 @@ from typing import Any
 
 from amp_ray.spec.blocks import ScalingSpec
 from amp_ray.storage.location import Location
+from amp_ray.training.inputs import PlannedInputs
 
 
 def fit(
     loop: Callable[[dict[str, Any]], None],
     config: dict[str, Any],
-    datasets: dict[str, Any],
     scaling: ScalingSpec,
     name: str,
     storage: Location,
+    inputs: PlannedInputs,
     max_failures: int = 2,
-    unsplit: bool = False,
 ) -> Any:
     """Run `loop` on `scaling.num_workers` Ray Train workers; returns the ray.train Result.
 
-    Checkpoints go to `storage/name`. Re-running with the same name and storage resumes from the
-    latest checkpoint there (Train V2 has no resume_from_checkpoint argument); a worker that dies
-    is restarted from it up to `max_failures` times. `unsplit`: every worker reads each dataset
-    whole, in its stored order (training/batches.py derives one global order from it).
+    Each worker streams its own share of `inputs` (training/inputs.py) as its "train" dataset
+    shard. Checkpoints go to `storage/name`. Re-running with the same name and storage resumes
+    from the latest checkpoint there (Train V2 has no resume_from_checkpoint argument); a worker
+    that dies is restarted from it up to `max_failures` times.
     """
-    from ray.data import ExecutionOptions
-    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from amp_ray import runtime
     from amp_ray.cluster.placement import ENV_LOG
 
-    dataset_config = None
-    if unsplit:
-        dataset_config = DataConfig(
-            datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)
-        )
     resources = {k: v for k, v in scaling.bundle.items() if not k.startswith("accelerator_type:")}
     use_gpu = scaling.gpus_per_worker > 0
     trainer = TorchTrainer(
@@ -51,8 +45,8 @@ def fit(
             resources_per_worker=resources,
             accelerator_type=scaling.accelerator_type,
         ),
-        datasets=datasets,
-        dataset_config=dataset_config,
+        datasets={"train": inputs.dataset},
+        dataset_config=inputs.config,
         run_config=RunConfig(
             name=name,
             storage_path=storage.path,

@@ -1,10 +1,11 @@
 """Preference training (MDPO, DPO, IPO, SLiC, Mixed/Avg-DPO, the SFT control): the per-worker
 Ray Train loop and its typed config.
 
-Per optimizer step a worker takes its share of one global batch (training/batches.py), scores the
-K levels of each item in one forward (models/levels.py: the image prefix once, the K responses
-on its repeated KV cache), reads the reference log-probs stored beside the data (or scores them
-with a frozen reference when the spec asks), and applies the loss (training/objective.py).
+Per optimizer step a worker takes its share of one planned global batch (training/inputs.py),
+scores the K levels of each item in one forward (models/levels.py: the image prefix once, the K
+responses on its repeated KV cache), reads the reference log-probs stored beside the data (or
+scores them with a frozen reference when the spec asks), and applies the loss
+(training/objective.py).
 Metrics are averaged over the workers before they are reported.
 """
 
@@ -20,7 +21,7 @@ import torch
 
 from amp_ray.spec.blocks import LoraSpec, StorageSpec
 from amp_ray.training.objective import Objective
-from amp_ray.training.optim import EngineConfig
+from amp_ray.training.optim import EngineConfig, weights_dtype
 
 HISTORY_FILE = "history.json"  # every logged window's metrics, kept in each checkpoint
 
@@ -49,7 +50,7 @@ class PreferenceLoopConfig:
     @property
     def dtype(self) -> str:
         """The dtype of the weights: bf16 training keeps them in bfloat16."""
-        return "bfloat16" if self.engine["precision"] == "bf16" else "float32"
+        return weights_dtype(self.engine["precision"])
 
 
 def load_policy(cfg: PreferenceLoopConfig, path: str, device: Any) -> tuple[Any, int]:
@@ -92,16 +93,16 @@ def set_up_worker(cfg: PreferenceLoopConfig, device: Any) -> WorkerState:
 
 
 def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker loop: reads only `config` and the "train" dataset (unsplit: every worker
-    derives the same global order and takes its share). Returns the step it started from and
-    every logged window's metrics."""
+    """Ray Train worker loop: reads only `config` and its "train" dataset shard (its share of
+    each planned global batch, training/inputs.py). Returns the step it started from and every
+    logged window's metrics."""
     import ray.train
     import ray.train.torch
 
     from amp_ray.cluster.placement import train_worker_device
     from amp_ray.data.levels import level_items
     from amp_ray.training import worker
-    from amp_ray.training.batches import dataset_chunks, shuffled_epochs, worker_micro_batches
+    from amp_ray.training.inputs import SetAside, check_step, micro_batches_of, planned_steps
 
     cfg = PreferenceLoopConfig(**config)
     opt = EngineConfig(**cfg.engine)
@@ -115,31 +116,37 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     step = start_step = worker.restore_checkpoint(engine)
     saved = worker.checkpoint_file(ray.train.get_checkpoint(), HISTORY_FILE)
     history: list[dict[str, float]] = json.loads(saved) if saved else []
-    read_epoch = dataset_chunks(ray.train.get_dataset_shard("train"), 256, level_items)
-    items = shuffled_epochs(read_epoch, opt.seed, cfg.shuffle_window)
-    batches = worker_micro_batches(
-        items, opt.micro_batch_size, opt.gradient_accumulation_steps, world, rank, step
-    )
+    share = opt.micro_batch_size * opt.gradient_accumulation_steps
+    shard = ray.train.get_dataset_shard("train")
+    planned = planned_steps(shard, opt.micro_batch_size, share, rank, start_step)
+    set_aside = SetAside.restore(ray.train.get_checkpoint(), rank)
     objective = Objective(**cfg.objective)
     pad = state.processor.tokenizer.pad_token_id
     window: dict[str, float] = defaultdict(float)
     while step < opt.steps:
         started = time.perf_counter()
+        rows = next(planned)
+        check_step(rows, step)
+        set_aside.add(rows.set_aside)
         generator = torch.Generator().manual_seed(opt.seed * 1_000_003 + step * 101 + rank)
-        for micro in next(batches):
+        for micro, weight in micro_batches_of(rows, level_items):
             batch = collate_for(micro, cfg.level_index, pad, mode, device)
-            out = train_micro_step(engine, state.reference, objective, batch, generator)
-            accumulate(window, out, batch, opt.gradient_accumulation_steps)
+            out = train_micro_step(engine, state.reference, objective, batch, generator, weight)
+            if weight:
+                accumulate(window, out, batch, opt.gradient_accumulation_steps)
         step += 1
         window["seconds"] += time.perf_counter() - started
         window["steps"] += 1
+        set_aside.count_read(rows.stored_bytes)
         if step % opt.log_every and step % opt.checkpoint_every and step != opt.steps:
             continue
         metrics = reduce_window(window, world, engine, start_step, state.trainable, step)
+        metrics.update(set_aside.metrics(world, rank))
         history.append(metrics)
         window = defaultdict(float)
         if step % opt.checkpoint_every == 0 or step == opt.steps:
-            worker.save_checkpoint(engine, step, metrics, {HISTORY_FILE: json.dumps(history)})
+            files = {HISTORY_FILE: json.dumps(history)}
+            worker.save_checkpoint(engine, step, metrics, files, set_aside.files(rank))
         else:
             ray.train.report(metrics)
     adapter_base = cfg.init_path if cfg.lora and cfg.lora.get("export") == "adapter" else None
@@ -176,9 +183,11 @@ def train_micro_step(
     objective: Objective,
     batch: dict[str, torch.Tensor],
     generator: torch.Generator,
+    weight: float = 1.0,
 ) -> Any:
     """Forward the K levels of every item, the loss, backward, and a DeepSpeed step (which
-    updates the weights at the end of each accumulation window)."""
+    updates the weights at the end of each accumulation window). `weight` 0: a pass that changes
+    nothing but keeps this worker's collectives in step with the others'."""
     ref_logps = batch.pop("ref_logps")
     policy = engine(batch)
     if reference is not None:
@@ -186,7 +195,7 @@ def train_micro_step(
             ref_logps = reference(batch)
     ref_logps = ref_logps.to(policy.dtype) if ref_logps.numel() else torch.zeros_like(policy)
     out = objective(policy, ref_logps.detach(), batch["response_lengths"], generator)
-    engine.backward(out.loss)
+    engine.backward(out.loss * weight if weight != 1.0 else out.loss)
     engine.step()
     return out
 

@@ -15,7 +15,7 @@ import torch
 from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
 from amp_ray.spec.blocks import StorageSpec
-from amp_ray.training.optim import EngineConfig
+from amp_ray.training.optim import EngineConfig, weights_dtype
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class SftLoopConfig:
 
 
 def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker loop: reads only `config` and the "train" dataset shard.
+    """Ray Train worker loop: reads only `config` and its "train" dataset shard (its share of
+    each planned global batch, length-bucketed: training/inputs.py).
 
     Returns the step it started from (0, or the checkpoint's) and every logged window's metrics.
     """
@@ -41,12 +42,13 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     from amp_ray.cluster.placement import train_worker_device
+    from amp_ray.data.encode import encoded_rows
     from amp_ray.models.loading import load_model, load_processor
     from amp_ray.models.store import local_model_path
+    from amp_ray.training.inputs import check_step, micro_batches_of, planned_steps
     from amp_ray.training.worker import (
         build_engine,
         export_model,
-        length_bucketed,
         restore_checkpoint,
         save_checkpoint,
         seed_everything,
@@ -61,29 +63,29 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
     path = local_model_path(cfg.init_path, storage)
     processor = load_processor(path)
     device = train_worker_device(f"sft.scaling:{cfg.output_uri.rstrip('/').split('/')[-1]}")
-    dtype = "bfloat16" if opt.precision == "bf16" else "float32"
-    model = load_model(path, dtype=dtype, device=device)
+    model = load_model(path, dtype=weights_dtype(opt.precision), device=device)
     params = sum(p.numel() for p in model.parameters())
     engine = build_engine(model, opt)
     step = start_step = restore_checkpoint(engine)
     history: list[dict[str, float]] = []
-    batches = length_bucketed(
-        ray.train.get_dataset_shard("train"), opt.micro_batch_size, opt.seed + 1000 * rank + step
-    )
+    share = opt.micro_batch_size * opt.gradient_accumulation_steps
+    shard = ray.train.get_dataset_shard("train")
+    planned = planned_steps(shard, opt.micro_batch_size, share, rank, start_step)
     pad = processor.tokenizer.pad_token_id
     window = dict.fromkeys(("loss", "tokens", "seconds", "data_seconds", "steps"), 0.0)
     while step < opt.steps:
         started = time.perf_counter()
-        for _ in range(opt.gradient_accumulation_steps):
-            waited = time.perf_counter()
-            batch = {k: v.to(device) for k, v in collate(next(batches), pad, "right").items()}
-            window["data_seconds"] += time.perf_counter() - waited
+        rows = next(planned)
+        check_step(rows, step)
+        for micro, weight in micro_batches_of(rows, encoded_rows):
+            batch = {k: v.to(device) for k, v in collate(micro, pad, "right").items()}
             tokens = batch["response_weights"].sum()
             loss = -sequence_logprobs(engine, batch).sum() / tokens
-            engine.backward(loss)
+            engine.backward(loss * weight if weight != 1.0 else loss)
             engine.step()
-            window["loss"] += loss.item() / opt.gradient_accumulation_steps
-            window["tokens"] += float(batch["attention_mask"].sum())
+            window["loss"] += weight * loss.item() / opt.gradient_accumulation_steps
+            window["tokens"] += weight * float(batch["attention_mask"].sum())
+        window["data_seconds"] += rows.wait_seconds
         step += 1
         window["seconds"] += time.perf_counter() - started
         window["steps"] += 1

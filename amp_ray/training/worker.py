@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import random
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from amp_ray.data.encode import encoded_rows
 from amp_ray.models.conversation import Encoded
 from amp_ray.models.store import upload_model_dir
 from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
@@ -46,31 +44,6 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> Any:
     return engine
 
 
-def length_bucketed(
-    shard: Any, micro_batch_size: int, seed: int, group: int = 16, long_share: float = 0.15
-) -> Iterator[list[Encoded]]:
-    """Endless micro-batches from a dataset shard, in two length buckets.
-
-    Rows are read `group` micro-batches at a time; the longest `long_share` of them (multi-round
-    dialogues, say) form their own batches, so they stop padding every short batch, while each
-    bucket is shuffled so that a batch still mixes tasks. Fully length-sorted batches are faster
-    still but hold one task each and learn far worse: bench/bench_batching.py measures all three.
-    """
-    epoch = 0
-    while True:
-        rng = random.Random(seed + epoch)
-        for block in shard.iter_batches(
-            batch_size=micro_batch_size * group,
-            batch_format="pyarrow",
-            local_shuffle_buffer_size=micro_batch_size * group * 4,
-            local_shuffle_seed=seed + epoch,
-        ):
-            yield from make_batches(
-                encoded_rows(block), micro_batch_size, rng, "buckets", long_share
-            )
-        epoch += 1
-
-
 def make_batches(
     rows: list[Encoded], size: int, rng: random.Random, mode: str, long_share: float = 0.15
 ) -> list[list[Encoded]]:
@@ -91,17 +64,24 @@ def make_batches(
 
 
 def save_checkpoint(
-    engine: Any, step: int, metrics: dict[str, Any], files: dict[str, str] | None = None
+    engine: Any,
+    step: int,
+    metrics: dict[str, Any],
+    files: dict[str, str] | None = None,
+    rank_files: dict[str, str] | None = None,
 ) -> None:
     """Every rank saves its DeepSpeed shard; Ray Train merges them into one checkpoint.
-    Rank 0 adds `files` (name -> text), such as the metrics history, for the driver to read."""
+    Rank 0 adds `files` (name -> text), such as the metrics history, for the driver to read;
+    every rank adds its own `rank_files` (names that differ by rank)."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as directory:
         engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
+        mine = dict(rank_files or {})
         if ray.train.get_context().get_world_rank() == 0:
-            for name, text in (files or {}).items():
-                Path(directory, name).write_text(text)
+            mine.update(files or {})
+        for name, text in mine.items():
+            Path(directory, name).write_text(text)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
