@@ -223,6 +223,72 @@ def test_losses_do_not_depend_on_workers_zero_stage_or_accumulation(
         assert values == pytest.approx(baseline, rel=1e-5, abs=1e-6), name
 
 
+def test_images_that_break_are_set_aside_and_training_goes_on(
+    tmp_path: Path, world_items: list[dict], tiny_dir: str
+) -> None:
+    """Every third image file is truncated after the reference stage read it. The train stage's
+    encoding sets those items aside (train/quarantine) and trains on the rest; and where an
+    image breaks after encoding, the workers set the item aside at training time, train on the
+    rest of each batch and count it."""
+    from amp_ray.stages.train import RunResult, TrainStage, set_aside_table
+    from amp_ray.training.inputs import set_aside_rows
+    from amp_ray.training.launch import fit
+    from amp_ray.training.preference import preference_loop
+    from amp_ray.training.runs import PlannedRun
+
+    data = amp_json_from_world(tmp_path / "amp", world_items)
+    one = {"num_workers": 1, "cpus_per_worker": 1}
+    spec = training_spec(tmp_path / "run", data, tiny_dir, max_steps=4, scaling=one)
+    spec["stages"] = ["data", "reference"]
+    run_job(validate_spec(spec), echo=lambda _: None)
+    images = sorted((tmp_path / "amp" / "images").iterdir())
+    broken = {image.name for image in images[::3]}
+
+    def break_images() -> None:
+        for image in images[::3]:
+            image.write_bytes(image.read_bytes()[:40])
+
+    # broken before encoding: set aside by the encoder, the stage trains on the rest
+    originals = {image: image.read_bytes() for image in images}
+    break_images()
+    spec["stages"] = ["train"]
+    run_job(validate_spec(spec), echo=lambda _: None)
+    run = RunDir.open(str(tmp_path / "run"))
+    quarantined = run.dataset("train", "quarantine").read_table().to_pylist()
+    assert len(quarantined) == len(broken)
+    assert all(row["reason"].startswith("image cannot be read") for row in quarantined)
+
+    # broken after encoding: the workers set the items aside as their batches reach them
+    for image, content in originals.items():
+        image.write_bytes(content)
+    stage = TrainStage(validate_spec(spec), run, force=True)
+    encoded = stage._encode(
+        run.dataset("reference", "preferences"),
+        stage.run_dir.writer("train", "quarantine", "quarantine"),
+    )
+    break_images()
+    recipe = stage.spec.training
+    config = stage._loop_config(
+        recipe, PlannedRun("late", "own", 0, 4, "steps"), str(tmp_path / "late"), "a"
+    )
+    result = fit(
+        preference_loop,
+        config,
+        recipe.scaling,
+        "late",
+        run.location.join("train", "ray"),
+        stage._inputs(encoded, recipe, config["engine"]),
+    )
+    set_aside = set_aside_rows(result.checkpoint)
+    assert set_aside, "the plan's first 16 items held no broken image"
+    table = set_aside_table("train", [RunResult(None, [], set_aside)]).to_pylist()
+    for row in table:
+        assert row["reason"].startswith("at training time: image cannot be read"), row
+        assert Path(json.loads(row["row_json"])["image_uri"]).name in broken
+    history = result.return_value["history"]
+    assert history[-1]["step"] == 4 and history[-1]["set_aside"] == len(table)
+
+
 def kill_a_worker_at_a_new_checkpoint(storage: Path, killed: list[int]) -> None:
     """Wait for the second checkpoint under `storage` that was not there at the start, then
     SIGKILL one Ray Train worker process. (The second: a worker reaches it only after the report
