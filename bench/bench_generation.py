@@ -1,6 +1,6 @@
 """Generation throughput: a plain Hugging Face loop against the generation stage's actor pool.
 
-    /tmp/venv0/bin/python bench/bench_generation.py [--items 256] [--batch-size 16]
+    .venv/bin/python bench/bench_generation.py [--items 256] [--batch-size 16]
         [--max-new-tokens 24] [--threads N] [--model-dir runs/demo/sft/models/expert_m]
 
 One run, one model, the same caption items of the synthetic world's preference split and the same
