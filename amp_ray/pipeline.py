@@ -52,7 +52,7 @@ def run_job(
     _check_inputs_available(stages, run)
     check_cluster(spec, names)
     reports = []
-    with RaySession(spec.resources, verbose=verbose) as ray_session:
+    with RaySession(spec.resources, verbose, spec.runtime.data_object_store_gb) as ray_session:
         if ray_session.joins_cluster:  # a local Ray is one node: nothing to check
             ray_session.ensure()
             _check_joined_cluster(spec, names, run)

@@ -25,9 +25,12 @@ if TYPE_CHECKING:
 class RaySession:
     """Starts Ray on first use (`ensure`) and shuts down on exit only what it started itself."""
 
-    def __init__(self, resources: ResourcesSpec, verbose: bool = False) -> None:
+    def __init__(
+        self, resources: ResourcesSpec, verbose: bool = False, data_store_gb: float | None = None
+    ) -> None:
         self.resources = resources
         self.verbose = verbose
+        self.data_store_gb = data_store_gb
         self.started_here = False
 
     def ensure(self) -> None:
@@ -57,7 +60,7 @@ class RaySession:
         with contextlib.nullcontext() if self.verbose else _stderr_to_file():
             ray.init(address=address, **common) if address else ray.init(**local, **common)
         self.started_here = not address
-        configure_ray_data(self.verbose)
+        configure_ray_data(self.verbose, self.data_store_gb)
 
     @property
     def joins_cluster(self) -> bool:
@@ -95,11 +98,13 @@ def quiet_ray_logs() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def configure_ray_data(verbose: bool) -> None:
+def configure_ray_data(verbose: bool, object_store_gb: float | None = None) -> None:
     """One progress display per stage: Ray Data's global bar in a terminal, not one per operator.
 
     Outside a terminal (CI, `ray job logs`) Ray Data would log progress lines instead; those are
-    muted with its logger, and the stage's summary line is the record.
+    muted with its logger, and the stage's summary line is the record. With `object_store_gb`,
+    each pipeline started from here (Ray Train passes this context on to its workers' input
+    streams) holds at most that many GB of blocks: Ray Data backs its faster operators off.
     """
     from ray.data import DataContext
 
@@ -111,6 +116,11 @@ def configure_ray_data(verbose: bool) -> None:
     context.enable_rich_progress_bars = True
     context.use_ray_tqdm = False
     context.print_on_execution_start = verbose
+    if object_store_gb is not None:
+        limits = context.execution_options.resource_limits
+        context.execution_options.resource_limits = limits.copy(
+            object_store_memory=object_store_gb * 1e9
+        )
 
 
 @contextlib.contextmanager

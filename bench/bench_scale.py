@@ -168,10 +168,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument(
+        "--data-store-gb", type=float, default=None,
+        help="runtime.data_object_store_gb: the object store one Ray Data pipeline may fill; "
+        "default: Ray Data's own budget",
+    )  # fmt: skip
     args = parser.parse_args()
     import ray
 
+    from amp_ray.runtime import configure_ray_data
+
     ray.init(num_cpus=4, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    configure_ray_data(verbose=False, object_store_gb=args.data_store_gb)
     pool = world_pool(64)
     results = []
     with tempfile.TemporaryDirectory() as directory:

@@ -13,7 +13,7 @@ from amp_ray.generation.reference import scorer_kwargs
 from amp_ray.models.registry import model_dtype
 from amp_ray.spec import validate_spec
 from amp_ray.spec.alignment import TrainingSpec
-from amp_ray.stages.train import check_reference_dtype
+from amp_ray.stages.train import check_reference_dtype, scored_dtypes
 from amp_ray.storage import open_location
 from amp_ray.storage.dataset import Dataset, DatasetWriter
 
@@ -57,17 +57,48 @@ def scored(tmp_path: Path, dtypes: list[str | None]) -> Dataset:
 
 def test_a_reference_in_another_dtype_is_refused_with_the_fixes(tmp_path: Path) -> None:
     training = TrainingSpec(policy="base", precision="bf16")
-    check_reference_dtype(scored(tmp_path / "same", ["bfloat16"] * 3), training)
-    mixed = scored(tmp_path / "mixed", ["bfloat16", "float32"])
+
+    def check(dtypes: list[str | None], training: TrainingSpec) -> None:
+        dataset = scored(tmp_path / "-".join(str(d) for d in dtypes), dtypes)
+        check_reference_dtype(scored_dtypes(dataset), training, "reference/preferences", "base")
+
+    check(["bfloat16"] * 3, training)
     with pytest.raises(SpecError) as refused:
-        check_reference_dtype(mixed, training)
+        check(["bfloat16", "float32"], training)
     message = str(refused.value)
-    assert "scored in bfloat16, float32" in message and "trains the policy in bfloat16" in message
+    assert "reference/preferences is scored in bfloat16, float32" in message
+    assert "trains the policy in bfloat16" in message
     assert "models.base.dtype: bfloat16" in refused.value.hint
     assert "reference_dtype_mismatch: allow" in refused.value.hint
     allowed = TrainingSpec(policy="base", precision="bf16", reference_dtype_mismatch="allow")
-    check_reference_dtype(mixed, allowed)
+    check(["bfloat16", "float32"], allowed)
     # fp32 training keeps float32 weights: a float32 reference fits, an unrecorded one does not
-    check_reference_dtype(scored(tmp_path / "fp32", ["float32"]), TrainingSpec(policy="base"))
+    check(["float32"], TrainingSpec(policy="base"))
     with pytest.raises(SpecError, match="an unrecorded dtype"):
-        check_reference_dtype(scored(tmp_path / "old", [None]), TrainingSpec(policy="base"))
+        check([None], TrainingSpec(policy="base"))
+
+
+def test_online_rounds_refuse_a_reference_dtype_before_the_offline_runs(tmp_path: Path) -> None:
+    from amp_ray.stages.online import OnlineRounds
+    from amp_ray.stages.train import TrainStage
+    from amp_ray.storage.run import RunDir
+
+    job = validate_spec(
+        {
+            "name": "online-dtypes",
+            "stages": ["train"],
+            "storage": {"run_dir": str(tmp_path)},
+            "models": {"base": {"path": "llava-hf/llava-1.5-7b-hf", "dtype": "float32"}},
+            "data": {"source": "parquet", "path": str(tmp_path / "items")},
+            "training": {
+                "policy": "base",
+                "precision": "bf16",
+                "online": {"rounds": 1, "generator": "bdhs"},
+            },
+        }
+    )
+    stage = TrainStage(job, RunDir.open(str(tmp_path)), force=False)
+    rounds = OnlineRounds(stage, source=None, quarantine=None)  # type: ignore[arg-type]
+    stage.ensure_resources = lambda *args, **kwargs: None  # no cluster to ask in this test
+    with pytest.raises(SpecError, match="the online rounds' reference is scored in float32"):
+        rounds.check_fits()

@@ -257,6 +257,13 @@ def test_images_that_break_are_set_aside_and_training_goes_on(
     quarantined = run.dataset("train", "quarantine").read_table().to_pylist()
     assert len(quarantined) == len(broken)
     assert all(row["reason"].startswith("image cannot be read") for row in quarantined)
+    # a re-run from the same source with the same settings (a resumed job) does not encode
+    # again, and the rows its encoding set aside still reach the stage's quarantine
+    first = run.dataset("train", "encoded").manifest.attempt
+    again = run.writer("train", "quarantine_again", "quarantine")
+    stage = TrainStage(validate_spec(spec), run, force=False)
+    assert stage._encode(run.dataset("reference", "preferences"), again).manifest.attempt == first
+    assert again.commit().num_rows == len(broken)
 
     # broken after encoding: the workers set the items aside as their batches reach them
     for image, content in originals.items():
@@ -266,6 +273,7 @@ def test_images_that_break_are_set_aside_and_training_goes_on(
         run.dataset("reference", "preferences"),
         stage.run_dir.writer("train", "quarantine", "quarantine"),
     )
+    assert encoded.manifest.attempt != first  # --force encodes again
     break_images()
     recipe = stage.spec.training
     config = stage._loop_config(

@@ -95,6 +95,9 @@ def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
 
     again = loop_config(tiny_dir, tmp_path / "model", steps=12)  # same run name and storage
     inputs = planned(encoded, tiny_dir, 12)
+    # the resumed workers' plan starts at the checkpoint: no rows of steps 1-8 are read again
+    assert sorted(inputs.dataset_for(storage.join("sft-test"))().unique("step")) == [8, 9, 10, 11]
+    assert len(inputs.dataset_for(storage.join("no-such-run"))().unique("step")) == 12
     resumed = fit(sft_loop, again.to_dict(), scaling, "sft-test", storage, inputs)
     assert resumed.return_value["start_step"] == 8
     assert [m["step"] for m in resumed.return_value["history"]] == [10, 12]

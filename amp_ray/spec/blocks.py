@@ -75,6 +75,12 @@ class RuntimeSpec(Block):
         description="the cluster launcher YAML whose node types the job may use; default: the "
         "one the head's autoscaler runs with (ray up's ~/ray_bootstrap_config.yaml)",
     )
+    data_object_store_gb: PositiveFloat | None = Field(
+        None,
+        description="the object-store memory one Ray Data pipeline may fill with blocks in "
+        "flight (a stage's encoding pass, each training worker's input stream); default: Ray "
+        "Data's own budget, a share of the cluster's object store",
+    )
 
 
 class NodeResources(Block):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from amp_ray.cluster.requests import ResourceRequest
+from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest
 from amp_ray.spec import JobSpec
 from amp_ray.storage import RunDir
 from amp_ray.storage.journal import Journal
@@ -121,6 +121,57 @@ class Stage(ABC):
         )
         journal.close()
         return counts
+
+    def encode_once(self, name: str, rows: Callable[[], Any], encoding: Encoding) -> Any:
+        """<stage>/<name>: the Ray Data `rows()` through the encoder pool, unless an encoding is
+        committed there with the same `encoding.version` (a resumed job does not encode tens of
+        thousands of items again). The rows it set aside are kept in <stage>/<name>_quarantine
+        and go to `encoding.quarantine` whether the encoding is new or reused."""
+        from amp_ray.runtime import map_with_actor_pool
+        from amp_ray.storage.raysink import write_ray
+
+        done = self.run_dir.dataset(self.name, name)
+        if self.force or not (
+            done.exists and done.manifest.metadata.get("settings") == encoding.version
+        ):
+            self.ensure_resources([encoding.request], spare_cpus=SPARE_CPUS_FOR_TASKS)
+            writers = {
+                "encoded": self.run_dir.writer(self.name, name, encoding.schema_name),
+                "quarantine": self.run_dir.writer(self.name, f"{name}_quarantine", "quarantine"),
+            }
+            encoded = map_with_actor_pool(rows(), encoding.encoder, encoding.pool, encoding.kwargs)
+            route = functools.partial(
+                route_quarantine, stage=self.name, good="encoded", bad="quarantine"
+            )
+            write_ray(encoded, writers, route)
+            writers["quarantine"].commit()  # first: a committed encoding has its set-aside rows
+            writers["encoded"].commit({"settings": encoding.version})
+        set_aside = self.run_dir.dataset(self.name, f"{name}_quarantine")
+        if set_aside.num_rows:
+            encoding.quarantine.write_table(set_aside.read_table())
+        return self.run_dir.dataset(self.name, name)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How `Stage.encode_once` encodes: the encoder class and its constructor kwargs, its pool
+    (and the resource request that names it), the stored schema, the writer that collects the
+    rows set aside, and `version`: what the encoding depends on (settings and source)."""
+
+    encoder: type
+    kwargs: dict[str, Any]
+    pool: Any  # ActorPoolSpec
+    request: ResourceRequest
+    schema_name: str
+    quarantine: Any  # DatasetWriter
+    version: str
+
+    @classmethod
+    def of(cls, source_version: str, **fields: Any) -> Encoding:
+        """`fields` less `version`, which is computed from the kwargs (storage options aside:
+        they say how to read, not what) and `source_version`, the source's committed attempt."""
+        settings = {k: v for k, v in fields["kwargs"].items() if k != "storage"}
+        return cls(**fields, version=fingerprint(settings, {"source": source_version}))
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest, pool_request
 from amp_ray.data.items import rows_in
 from amp_ray.errors import DataError
-from amp_ray.models.registry import model_dtype, model_uri
+from amp_ray.models.registry import model_dtype, model_uri, root_model
 from amp_ray.models.store import committed_model
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec import JobSpec
@@ -177,13 +177,17 @@ class OnlineRounds:
         return results
 
     def _round(self, number: int, policy: Policy) -> RunResult:
-        from amp_ray.stages.train import RunStart
+        from amp_ray.stages.train import RunStart, check_reference_dtype, scored_dtypes
 
         settings = self._settings(number, policy)
         data = self._data(number, policy, settings)
         quarantined = self.run_dir.dataset("train", round_dataset(number, "quarantine"))
         if quarantined.num_rows:
             self.quarantine.write_table(quarantined.read_table())
+        if self._scores_reference:  # scored in the checkpoint's own dtype where none is given
+            scorer = root_model(self.spec, reference_model(self.spec))
+            where = f"train/{round_dataset(number)}"
+            check_reference_dtype(scored_dtypes(data), self.recipe, where, scorer)
         encoded = self.stage._encode(data, self.quarantine, self.recipe, f"_round{number}")
         if encoded.num_rows == 0:
             self.quarantine.commit()  # so that the reasons can be read
@@ -310,8 +314,15 @@ class OnlineRounds:
 
     def check_fits(self) -> None:
         """Before the offline runs: the rounds' pools can run here, or the cluster can grow to
-        them (a small Ray hangs on too many CPUs instead of failing)."""
+        them (a small Ray hangs on too many CPUs instead of failing), and a reference whose spec
+        dtype differs from the round's training precision is refused now, not after a round."""
+        from amp_ray.stages.train import check_reference_dtype
+
         self.stage.ensure_resources(self.pool_requests(), spare_cpus=SPARE_CPUS_FOR_TASKS)
+        scorer = root_model(self.spec, reference_model(self.spec))
+        dtype = model_dtype(self.spec, scorer)
+        if self._scores_reference and dtype != "auto":
+            check_reference_dtype({dtype}, self.recipe, "the online rounds' reference", scorer)
 
 
 def rounds_summary(run_dir: RunDir, training: Any, log: pa.Table) -> list[str]:

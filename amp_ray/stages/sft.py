@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request, workers_request
+from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri, root_model, run_in_dependency_order
@@ -29,13 +29,8 @@ from amp_ray.models.store import (
     model_metadata,
     new_model_attempt,
 )
-from amp_ray.runtime import (
-    light_map,
-    map_with_actor_pool,
-)
-from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.storage.quarantine import route_quarantine
-from amp_ray.storage.raysink import write_ray
+from amp_ray.runtime import light_map
+from amp_ray.stages.base import Encoding, Stage, StageCounts
 
 # sft settings that change how the stage runs, not what it makes
 HOW_IT_RUNS = {
@@ -153,14 +148,16 @@ class SftStage(Stage):
         for name in self.spec.sft.runs:
             groups.setdefault(self._processor_key(name), root_model(self.spec, name))
         pool = self.spec.sft.encode_actors
-        sft_items = light_map(
-            items.read_ray(), functools.partial(rows_where, column="split", values=("sft",))
-        )
-        # blocks of a few batches each, so that every actor of the pool gets work
-        sft_items = sft_items.repartition(target_num_rows_per_block=4 * pool.batch_size)
-        encoded = {}
         request = pool_request("sft.encode_actors", pool, "the encoding pool")
-        self.ensure_resources([request], spare_cpus=SPARE_CPUS_FOR_TASKS)
+
+        def sft_items() -> Any:
+            rows = light_map(
+                items.read_ray(), functools.partial(rows_where, column="split", values=("sft",))
+            )
+            # blocks of a few batches each, so that every actor of the pool gets work
+            return rows.repartition(target_num_rows_per_block=4 * pool.batch_size)
+
+        encoded = {}
         for key, root in groups.items():
             kwargs = {
                 "processor_path": model_uri(self.spec, self.run_dir, root),
@@ -168,17 +165,16 @@ class SftStage(Stage):
                 "round_weight_step": 0.0,
                 "storage": self.spec.storage,
             }
-            name = f"encoded-{key[:12]}"
-            writer = self.run_dir.writer(self.name, name, "encoded_items")
-            write_ray(
-                map_with_actor_pool(sft_items, ItemEncoder, pool, kwargs),
-                {"encoded": writer, "quarantine": quarantine},
-                functools.partial(
-                    route_quarantine, stage=self.name, good="encoded", bad="quarantine"
-                ),
+            encoding = Encoding.of(
+                items.manifest.attempt,
+                encoder=ItemEncoder,
+                kwargs=kwargs,
+                pool=pool,
+                request=request,
+                schema_name="encoded_items",
+                quarantine=quarantine,
             )
-            writer.commit()
-            encoded[key] = self.run_dir.dataset(self.name, name)
+            encoded[key] = self.encode_once(f"encoded-{key[:12]}", sft_items, encoding)
         return encoded
 
     # -- training -------------------------------------------------------------------------------

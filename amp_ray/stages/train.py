@@ -19,7 +19,6 @@ trained model, round models included), train/quarantine (every row set aside, th
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
 from concurrent.futures import ThreadPoolExecutor
@@ -29,16 +28,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request, workers_request
+from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import model_uri
+from amp_ray.models.registry import model_uri, root_model
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
-from amp_ray.runtime import map_with_actor_pool
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
-from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, route_quarantine
-from amp_ray.storage.raysink import write_ray
+from amp_ray.stages.base import Encoding, Stage, StageCounts
+from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON
 from amp_ray.storage.run import fingerprint
 from amp_ray.training.runs import PlannedRun, arms, equal_step_runs, equal_time_runs
 
@@ -136,7 +133,10 @@ class TrainStage(Stage):
         source = self.run_dir.dataset(*self.inputs[0])
         check_num_levels(source, training.num_levels, "/".join(self.inputs[0]))
         if self.reads_stored_reference():
-            check_reference_dtype(source, training)
+            from amp_ray.stages.online import reference_model
+
+            scorer = root_model(self.spec, reference_model(self.spec))
+            check_reference_dtype(scored_dtypes(source), training, "/".join(self.inputs[0]), scorer)
         if self.force:
             self.run_dir.location.join(self.name, "ray").remove()
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
@@ -174,7 +174,8 @@ class TrainStage(Stage):
     ) -> Any:
         """The rows of `source` encoded for training into train/encoded<name> (token ids beside
         the stored image; the workers make the pixel inputs): for the offline recipes, or for
-        `recipe` alone (an online round), with every level it trains on."""
+        `recipe` alone (an online round), with every level it trains on; reused where it is
+        committed from the same source and settings (Stage.encode_once)."""
         from amp_ray.data.levels import LevelEncoder
 
         training = self.spec.training
@@ -190,19 +191,20 @@ class TrainStage(Stage):
             "storage": self.spec.storage,
         }
         kwargs.update(zip(("num_levels", "levels", "need_reference"), levels, strict=True))
-        self.ensure_resources(
-            [pool_request("training.encode_actors", pool, "the encoding pool")],
-            spare_cpus=SPARE_CPUS_FOR_TASKS,
+        encoding = Encoding.of(
+            source.manifest.attempt,
+            encoder=LevelEncoder,
+            kwargs=kwargs,
+            pool=pool,
+            request=pool_request("training.encode_actors", pool, "the encoding pool"),
+            schema_name="encoded_levels",
+            quarantine=quarantine,
         )
-        rows = source.read_ray().repartition(target_num_rows_per_block=pool.batch_size)
-        encoded = self.run_dir.writer(self.name, f"encoded{name}", "encoded_levels")
-        write_ray(
-            map_with_actor_pool(rows, LevelEncoder, pool, kwargs),
-            {"encoded": encoded, "quarantine": quarantine},
-            functools.partial(route_quarantine, stage=self.name, good="encoded", bad="quarantine"),
-        )
-        encoded.commit()
-        return self.run_dir.dataset(self.name, f"encoded{name}")
+
+        def rows() -> Any:
+            return source.read_ray().repartition(target_num_rows_per_block=pool.batch_size)
+
+        return self.encode_once(f"encoded{name}", rows, encoding)
 
     # -- training runs ----------------------------------------------------------------------
 
@@ -367,26 +369,30 @@ def check_num_levels(dataset: Any, num_levels: int, where: str) -> None:
         )
 
 
-def check_reference_dtype(dataset: Any, training: TrainingSpec) -> None:
+def scored_dtypes(dataset: Any) -> set[str | None]:
+    """The dtypes the reference log-probs of `dataset` were scored in (None: not recorded)."""
+    if "ref_dtype" not in dataset.manifest.arrow_schema.names:
+        return {None}
+    return set(dataset.read_table(["ref_dtype"]).column("ref_dtype").to_pylist())
+
+
+def check_reference_dtype(
+    scored: set[str | None], training: TrainingSpec, where: str, scorer: str
+) -> None:
     """Refuse reference log-probs scored in another dtype than the policy trains in: the DPO
-    margins would start off zero by the precision gap alone."""
+    margins would start off zero by the precision gap alone. `scorer`: the `models` entry whose
+    dtype the reference loads in."""
     from amp_ray.training.optim import weights_dtype
 
     trains_in = weights_dtype(training.precision)
-    columns = dataset.manifest.arrow_schema.names
-    scored = (
-        set(dataset.read_table(["ref_dtype"]).column("ref_dtype").to_pylist())
-        if "ref_dtype" in columns
-        else {None}
-    )
     if scored <= {trains_in} or training.reference_dtype_mismatch == "allow":
         return
     shown = ", ".join(sorted(str(d) if d else "an unrecorded dtype" for d in scored))
     raise SpecError(
-        f"reference/preferences was scored in {shown}, but training.precision "
-        f"{training.precision} trains the policy in {trains_in}",
-        hint=f"set models.{training.policy}.dtype: {trains_in} (or reference.model's) and re-run "
-        "the reference stage (--stage reference --force), or change training.precision, or set "
+        f"{where} is scored in {shown}, but training.precision {training.precision} trains the "
+        f"policy in {trains_in}",
+        hint=f"set models.{scorer}.dtype: {trains_in} and score the reference again (offline: "
+        "--stage reference --force), or change training.precision, or set "
         "training.reference_dtype_mismatch: allow",
     )
 

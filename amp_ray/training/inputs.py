@@ -227,8 +227,6 @@ class RankShards(DataConfig):
         worker_node_ids: Any,
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
-        from ray.data import ExecutionOptions
-
         if self.global_batch % world_size:
             raise SpecError(
                 f"a global batch of {self.global_batch} does not split over {world_size} workers"
@@ -251,8 +249,8 @@ class RankShards(DataConfig):
                 batch_format="pyarrow",
                 num_cpus=source.input_cpus,
             )
-            # the worker's micro-batches come in plan order
-            dataset.context.execution_options = ExecutionOptions(preserve_order=True)
+            # the worker's micro-batches come in plan order (the driver's limits kept)
+            dataset.context.execution_options.preserve_order = True
             shards.append({"train": dataset.iterator()})
         return shards
 
@@ -263,7 +261,35 @@ def plan_dataset(plan: pa.Table, global_batch: int) -> Any:
     import ray.data
 
     blocks = [plan.slice(start, global_batch) for start in range(0, plan.num_rows, global_batch)]
-    return ray.data.from_arrow(blocks)
+    return ray.data.from_arrow(blocks or [plan])
+
+
+@dataclass(frozen=True)
+class ResumablePlan:
+    """The plan as Ray Train's "train" dataset, made each time a worker group starts (Train V2
+    calls a callable dataset then): from the step the run's latest checkpoint reached, so that a
+    resumed run, in the same fit or a new job, reads none of the rows it has trained on."""
+
+    plan: pa.Table
+    global_batch: int
+    run: Any  # the Location where Ray Train keeps this run (its storage path / run name)
+
+    def __call__(self) -> Any:
+        start = checkpointed_step(self.run)
+        return plan_dataset(self.plan.filter(pc.field("step") >= start), self.global_batch)
+
+
+def checkpointed_step(run: Any) -> int:
+    """The optimizer steps done at the latest checkpoint of the Ray Train run kept at `run` (a
+    Location), from Ray's own record of it; 0 for a run that has none yet."""
+    import ray.train
+
+    filesystem = None if run.is_local else run.arrow_fs
+    try:
+        result = ray.train.Result.from_path(run.path, storage_filesystem=filesystem)
+    except RuntimeError:  # no run folder, or no checkpoint recorded in it yet
+        return 0
+    return int((result.metrics or {}).get("step", 0)) if result.checkpoint else 0
 
 
 @dataclass
@@ -282,7 +308,8 @@ class StepRows:
 def planned_steps(
     shard: Any, micro_batch_size: int, share: int, rank: int, start_step: int = 0
 ) -> Iterator[StepRows]:
-    """This worker's steps from its shard, from `start_step` on (earlier ones are read, skipped)."""
+    """This worker's steps from its shard, from `start_step` on. The shard starts there already
+    (ResumablePlan); steps before it, should Ray's record lag the checkpoint, are skipped."""
     pending: list[pa.Table] = []
     waited = 0.0
     batches = iter(shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2))
@@ -321,12 +348,16 @@ def _step_rows(
 
 @dataclass(frozen=True)
 class PlannedInputs:
-    """A training run's inputs: the plan as a Ray Dataset, and the DataConfig that gives each
+    """A training run's inputs: the plan of global batches, and the DataConfig that gives each
     worker its share (launch.fit passes both to the TorchTrainer)."""
 
-    dataset: Any
+    table: pa.Table  # the plan (PLAN rows)
     config: RankShards
     num_items: int  # usable items the plan draws from
+
+    def dataset_for(self, run: Any) -> ResumablePlan:
+        """The "train" dataset of the Ray Train run kept at `run` (a Location)."""
+        return ResumablePlan(self.table, self.config.global_batch, run)
 
     @classmethod
     def plan(
@@ -349,7 +380,7 @@ class PlannedInputs:
         table = make_plan(rows, seed, global_batch, steps, micro_batch_size, mode)
         files = [encoded.location.join(entry.path).uri for entry in encoded.manifest.files]
         source = InputSource(files, processor_path, storage, input_cpus)
-        return cls(plan_dataset(table, global_batch), RankShards(global_batch, source), len(rows))
+        return cls(table, RankShards(global_batch, source), len(rows))
 
 
 def check_step(rows: StepRows, step: int) -> None:

@@ -45,7 +45,7 @@ def fit(
             resources_per_worker=resources,
             accelerator_type=scaling.accelerator_type,
         ),
-        datasets={"train": inputs.dataset},
+        datasets={"train": inputs.dataset_for(storage.join(name))},
         dataset_config=inputs.config,
         run_config=RunConfig(
             name=name,
