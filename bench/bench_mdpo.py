@@ -69,6 +69,7 @@ from amp_ray.losses import mdpo_loss
 from amp_ray.models.conversation import Encoded, encode_conversation, messages_for
 from amp_ray.models.levels import LevelScorer, collate_levels, shared_prefix_length
 from amp_ray.models.loading import load_model, load_processor
+from amp_ray.models.registry import LoadOptions
 from amp_ray.models.tiny import create_tiny_model
 from amp_ray.spec.blocks import TinyLlavaSpec, WorldSpec
 from amp_ray.world import World
@@ -392,7 +393,7 @@ def run_one(design: str, shape: Shape, args: argparse.Namespace) -> dict[str, An
     torch.set_num_threads(args.threads)
     items, answers, _ = prepared_data(shape, args.batch_items * (args.warmup + args.steps))
     model_dir = os.path.join(args.model_root, shape.name)
-    model, processor = load_model(model_dir, dtype="float32"), load_processor(model_dir)
+    model, processor = load_model(model_dir, LoadOptions("float32")), load_processor(model_dir)
     levels = encoded_levels(processor, items, answers)
     prefix, response = prefix_and_response(levels)
     if design == "c":

@@ -1,6 +1,6 @@
 """Memory and reads as the preference data grows: encode, then train a fixed number of steps.
 
-    .venv/bin/python bench/bench_scale.py [--sizes 1000 4000 16000] [--steps 12]
+    .venv/bin/python bench/bench_scale.py [--sizes 1000 4000 16000] [--steps 48] [--data-store-gb G]
 
 Synthetic LLaVA-1.5-shaped preference items (336 px images, a tiny LLaVA with 14 px patches, so
 576 image tokens and a ~600-token prefix; K = 4 levels with reference log-probs) are made in Ray
@@ -8,8 +8,9 @@ tasks, encoded on a Ray Data actor pool into a stored dataset (training/inputs.p
 beside the image bytes), then trained for `--steps` MDPO steps on 2 Ray Train workers that stream
 their own shares. Per N it prints, side by side: peak RSS of the driver (sampled) and of each
 worker, peak object-store bytes (sampled) while encoding and while training, MB each worker read
-from storage against the whole dataset's size, and items/s of encoding and of training; then the
-ratios of the largest N to the smallest.
+from storage against the whole dataset's size, and items/s of encoding and of training (the
+median of the logged windows of LOG_EVERY steps after the first); then the ratios of the largest
+N to the smallest. --data-store-gb sets runtime.data_object_store_gb.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import statistics
 import tempfile
 import threading
 import time
@@ -48,6 +50,7 @@ TINY = TinyLlavaSpec(
     text_hidden=64, text_layers=1, heads=2, mlp=128,
 )  # fmt: skip
 MICRO, WORKERS, LEVELS = 2, 2, 4
+LOG_EVERY = 4  # steps per logged window: train items/s is the median window after the first
 
 
 class Peaks:
@@ -142,7 +145,7 @@ def train(encoded: Dataset, model_dir: str, steps: int, root: Path, size: int) -
         steps=steps, micro_batch_size=MICRO, gradient_accumulation_steps=1,
         optimizer={"lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999)},
         schedule={"name": "constant", "warmup_steps": 0}, max_grad_norm=1.0, zero_stage=2,
-        precision="fp32", checkpoint_every=steps, log_every=steps // 2, seed=0, threads=1,
+        precision="fp32", checkpoint_every=steps, log_every=LOG_EVERY, seed=0, threads=1,
     )  # fmt: skip
     config = PreferenceLoopConfig(
         init_path=model_dir, reference_path=None, output_uri=str(root / f"model-{size}"),
@@ -167,7 +170,7 @@ def train(encoded: Dataset, model_dir: str, steps: int, root: Path, size: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=48)
     parser.add_argument(
         "--data-store-gb", type=float, default=None,
         help="runtime.data_object_store_gb: the object store one Ray Data pipeline may fill; "
@@ -205,7 +208,8 @@ def main() -> None:
                     "worker_read_mb": [last[f"worker{r}/read_mb"] for r in range(WORKERS)],
                     "dataset_mb": stored / 1e6,
                     "encode_items_s": size / encode_seconds,
-                    "train_items_s": history[-1]["items_per_s"],
+                    # the median window: robust to a step that waits for a new Ray worker
+                    "train_items_s": statistics.median(w["items_per_s"] for w in history[1:]),
                 }
             )
     print(f"{args.steps} steps of {MICRO * WORKERS} items on {WORKERS} workers per N")

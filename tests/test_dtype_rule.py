@@ -10,7 +10,7 @@ import pytest
 
 from amp_ray.errors import SpecError
 from amp_ray.generation.reference import scorer_kwargs
-from amp_ray.models.registry import model_dtype
+from amp_ray.models.registry import LoadOptions, load_options
 from amp_ray.spec import validate_spec
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.stages.train import check_reference_dtype, scored_dtypes
@@ -25,7 +25,12 @@ def spec(tmp_path: Path) -> object:
             "stages": ["sft"],
             "storage": {"run_dir": str(tmp_path)},
             "models": {
-                "base": {"path": "llava-hf/llava-1.5-7b-hf", "dtype": "bfloat16"},
+                "base": {
+                    "path": "llava-hf/llava-1.5-7b-hf",
+                    "dtype": "bfloat16",
+                    "trust_remote_code": True,
+                    "attn_implementation": "eager",
+                },
                 "other": {"path": "llava-hf/llava-1.5-13b-hf"},
             },
             "sft": {"runs": {"tuned": {"init": "base"}, "tuned2": {"init": "tuned"}}},
@@ -34,15 +39,16 @@ def spec(tmp_path: Path) -> object:
     )
 
 
-def test_a_model_loads_in_its_spec_dtype_and_an_sft_run_in_its_root_models(
+def test_a_model_loads_with_its_spec_settings_and_an_sft_run_with_its_root_models(
     tmp_path: Path,
 ) -> None:
     job = spec(tmp_path)
-    assert model_dtype(job, "base") == "bfloat16"
-    assert model_dtype(job, "tuned2") == "bfloat16"  # an SFT chain from base
-    assert model_dtype(job, "other") == "auto"  # the checkpoint's own
-    assert model_dtype(job, "aligned") == "auto"  # a model this run trained
-    assert scorer_kwargs(job, "tuned2", "uri")["dtype"] == "bfloat16"
+    assert load_options(job, "base").dtype == "bfloat16"
+    assert load_options(job, "tuned2").dtype == "bfloat16"  # an SFT chain from base
+    assert load_options(job, "other").dtype == "auto"  # the checkpoint's own
+    # a model this run trained: its checkpoint's dtype, its policy's root's other settings
+    assert load_options(job, "aligned") == LoadOptions("auto", True, "eager")
+    assert scorer_kwargs(job, "tuned2", "uri")["load"] == LoadOptions("bfloat16", True, "eager")
 
 
 def scored(tmp_path: Path, dtypes: list[str | None]) -> Dataset:

@@ -12,12 +12,13 @@ from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded, encode_conversation
 from amp_ray.models.levels import LevelScorer, collate_levels, shared_prefix_length
 from amp_ray.models.loading import load_model, load_processor
+from amp_ray.models.registry import LoadOptions
 
 
 @pytest.fixture(scope="module")
 def tiny64(tiny_dir: str) -> tuple:
     torch.manual_seed(0)
-    model = load_model(tiny_dir, dtype="float32").double()
+    model = load_model(tiny_dir, LoadOptions("float32")).double()
     return model, load_processor(tiny_dir)
 
 

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from amp_ray.errors import DataError
-from amp_ray.models.conversation import collate, encode_conversation, positions_from_mask
+from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.models.families import forward_inputs, positions_from_mask
 from amp_ray.models.generation import answer_dialogues, generate
 from amp_ray.models.hiding import hide_image_tokens
 from amp_ray.models.loading import image_token_id, load_model, load_processor
 from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import LoraSpec
 
@@ -27,7 +29,7 @@ GREEDY = SamplingSpec(max_new_tokens=6, do_sample=False, num_beams=1, repetition
 @pytest.fixture(scope="session")
 def tiny(tiny_dir: str) -> tuple:
     torch.manual_seed(0)
-    return load_model(tiny_dir, dtype="float32").eval(), load_processor(tiny_dir)
+    return load_model(tiny_dir, LoadOptions("float32")).eval(), load_processor(tiny_dir)
 
 
 def image_of(item: dict) -> Image.Image:
@@ -72,7 +74,7 @@ def test_the_processor_inserts_one_token_per_image_feature(
 ) -> None:
     model, processor = tiny
     batch = caption_batch(processor, world_items[0])
-    count = batch["input_ids"][0].tolist().count(image_token_id(model, processor))
+    count = batch["input_ids"][0].tolist().count(image_token_id(model))
     assert count == (32 // 8) ** 2  # 16 patches; CLS dropped by the "default" strategy
     with torch.no_grad():
         assert torch.isfinite(sequence_logprobs(model, batch)).all()
@@ -162,7 +164,7 @@ def test_hiding_no_image_token_changes_nothing(tiny: tuple, world_items: list[di
     model, processor = tiny
     batch = prompts(processor, world_items[:3])
     unchanged = hide_image_tokens(
-        batch["input_ids"], batch["attention_mask"], image_token_id(model, processor), 0.0
+        batch["input_ids"], batch["attention_mask"], image_token_id(model), 0.0
     )
     assert torch.equal(unchanged, batch["attention_mask"])
     assert generate(model, processor, batch, GREEDY, unchanged) == generate(
@@ -177,18 +179,13 @@ def test_hiding_every_image_token_makes_the_image_irrelevant(
     items = [world_items[0], world_items[7]]
     assert items[0]["image"] != items[1]["image"]
     batch = prompts(processor, items)
-    image_id = image_token_id(model, processor)
+    image_id = image_token_id(model)
     hidden = hide_image_tokens(batch["input_ids"], batch["attention_mask"], image_id, 1.0)
     assert hidden[batch["input_ids"] == image_id].sum() == 0
     with torch.no_grad():
-        logits = model(
-            input_ids=batch["input_ids"],
-            pixel_values=batch["pixel_values"],
-            attention_mask=hidden,
-            position_ids=batch["position_ids"],
-        ).logits[:, -1]
+        logits = model(**forward_inputs(model, batch, hidden)).logits[:, -1]
     torch.testing.assert_close(logits[0], logits[1])  # same text, different images, same output
-    visible = model(**{k: v for k, v in batch.items() if k != "response_weights"}).logits[:, -1]
+    visible = model(**forward_inputs(model, batch)).logits[:, -1]
     assert not torch.allclose(visible[0], visible[1])
 
 
@@ -201,7 +198,7 @@ def test_partial_hiding_changes_scores_but_not_positions(
     half = hide_image_tokens(
         batch["input_ids"],
         batch["attention_mask"],
-        image_token_id(model, processor),
+        image_token_id(model),
         0.5,
         generator,
     )
@@ -240,7 +237,25 @@ def test_dialogues_use_the_models_own_answers_as_history(
 
 def test_lora_leaves_only_adapters_trainable(tiny_dir: str) -> None:
     model = load_model(
-        tiny_dir, dtype="float32", lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+        tiny_dir,
+        LoadOptions("float32"),
+        lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
     )
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
+
+
+def test_models_load_with_their_attention_kernels_and_flash_attention_needs_its_package(
+    tiny_dir: str,
+) -> None:
+    from transformers.utils import is_flash_attn_2_available
+
+    from amp_ray.errors import AmpRayError
+
+    eager = load_model(tiny_dir, LoadOptions("float32", attn_implementation="eager"))
+    assert eager.config._attn_implementation == "eager"
+    assert load_model(tiny_dir).config._attn_implementation == "sdpa"
+    if is_flash_attn_2_available():  # a CUDA node with flash-attn: the GPU check
+        return
+    with pytest.raises(AmpRayError, match="flash_attention_2 needs the flash-attn package"):
+        load_model(tiny_dir, LoadOptions(attn_implementation="flash_attention_2"))

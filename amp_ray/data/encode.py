@@ -90,10 +90,12 @@ class ItemEncoder:
         max_length: int,
         round_weight_step: float = 0.0,
         storage: Any = None,
+        trust_remote_code: bool = False,
     ) -> None:
         from amp_ray.models.loading import load_processor
 
-        self.processor = load_processor(local_model_path(processor_path, storage))
+        path = local_model_path(processor_path, storage)
+        self.processor = load_processor(path, trust_remote_code)
         self.max_length = max_length
         self.round_weight_step = round_weight_step
         self.storage = storage

@@ -10,6 +10,7 @@ from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
 from amp_ray.models.generation import answer_dialogues
 from amp_ray.models.loading import load_for_inference
+from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ANSWERS
@@ -23,7 +24,7 @@ def answer_with_models(
     writers: dict[str, Any],
     route: Any,
     storage: Any = None,
-    dtypes: dict[str, str] | None = None,
+    loads: dict[str, LoadOptions] | None = None,
     stage: Any = None,
     key: str = "evaluation.actors",
 ) -> None:
@@ -36,7 +37,7 @@ def answer_with_models(
     from amp_ray.runtime import batched, concurrent_pools, map_with_actor_pool
     from amp_ray.storage.raysink import write_ray
 
-    dtypes = dtypes or {}
+    loads = loads or {}
     config = stage.spec.runtime.cluster_config if stage is not None else None
     for wave in batched(list(models), concurrent_pools(pool, config)):
         if stage is not None:
@@ -51,7 +52,7 @@ def answer_with_models(
                     "model_name": name,
                     "model_path": models[name],
                     "sampling": sampling,
-                    "dtype": dtypes.get(name, "auto"),
+                    "load": loads.get(name, LoadOptions()),
                     "num_cpus": pool.num_cpus,
                     "storage": storage,
                 },
@@ -71,11 +72,11 @@ class AnswerGenerator:
         model_name: str,
         model_path: str,
         sampling: SamplingSpec,
-        dtype: str = "auto",
+        load: LoadOptions = LoadOptions(),
         num_cpus: float = 1.0,
         storage: Any = None,
     ) -> None:
-        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, dtype)
+        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, load)
         self.model_name = model_name
         self.sampling = sampling
         self.storage = storage

@@ -37,6 +37,7 @@ from amp_ray.models.conversation import collate, encode_conversation
 from amp_ray.models.generation import generate
 from amp_ray.models.hiding import hide_image_tokens
 from amp_ray.models.loading import image_token_id
+from amp_ray.models.registry import LoadOptions
 from amp_ray.ranking.chunks import sentences
 from amp_ray.spec.alignment import BdhsSpec, SamplingSpec
 
@@ -108,18 +109,18 @@ class BdhsCandidates(CandidateGenerator):
         initial_rank: int,
         num_cpus: float = 1.0,
         storage: Any = None,
-        dtype: str = "auto",
+        load: LoadOptions = LoadOptions(),
         seed: int = 0,
     ) -> None:
         from amp_ray.ranking.encoder import TextEncoder
 
-        super().__init__(model_name, model_path, num_cpus, storage, dtype, seed)
+        super().__init__(model_name, model_path, num_cpus, storage, load, seed)
         self.bdhs = bdhs
         self.sampling = sampling.model_copy(update={"num_samples": 1, "num_beams": 1})
         self.initial_rank = initial_rank
         self.max_new_tokens = sampling.max_new_tokens
         self.encoder = TextEncoder(bdhs.encoder)
-        self.image_token = image_token_id(self.model, self.processor)
+        self.image_token = image_token_id(self.model)
 
     def make(self, rows: list[dict[str, Any]], images: list[Image.Image]) -> list[list[dict]]:
         out: list[list[dict]] = [[] for _ in rows]

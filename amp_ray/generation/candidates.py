@@ -20,6 +20,7 @@ from PIL import Image
 
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
+from amp_ray.models.registry import LoadOptions
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import CANDIDATES
 
@@ -76,12 +77,12 @@ class CandidateGenerator(ABC):
         model_path: str,
         num_cpus: float = 1.0,
         storage: Any = None,
-        dtype: str = "auto",
+        load: LoadOptions = LoadOptions(),
         seed: int = 0,
     ) -> None:
         from amp_ray.models.loading import load_for_inference
 
-        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, dtype)
+        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, load)
         self.model_name = model_name
         self.storage = storage
         self.seed = seed

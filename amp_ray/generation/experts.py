@@ -18,6 +18,7 @@ from amp_ray.generation.candidates import (
     questions_and_references,
 )
 from amp_ray.models.generation import answer_dialogues
+from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
 
 
@@ -33,10 +34,10 @@ class ModelCandidates(CandidateGenerator):
         sampling: SamplingSpec,
         num_cpus: float = 1.0,
         storage: Any = None,
-        dtype: str = "auto",
+        load: LoadOptions = LoadOptions(),
         seed: int = 0,
     ) -> None:
-        super().__init__(model_name, model_path, num_cpus, storage, dtype, seed)
+        super().__init__(model_name, model_path, num_cpus, storage, load, seed)
         self.generator = generator
         self.initial_rank = initial_rank
         self.sampling = sampling

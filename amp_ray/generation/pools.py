@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.alignment import GenerationSpec
 
 
@@ -16,13 +17,13 @@ def model_candidates(
     initial_rank: int,
     storage: Any,
     seed: int,
-    dtype: str = "auto",
+    load: LoadOptions = LoadOptions(),
 ) -> tuple[type, dict[str, Any]]:
     """`generation.sampling.num_samples` answers per item from one model (MEG, IG, sampled)."""
     from amp_ray.generation.experts import ModelCandidates
 
     kwargs = _common(generation, name, uri, initial_rank, storage, seed)
-    kwargs["dtype"] = dtype  # models.<name>.dtype (registry.model_dtype)
+    kwargs["load"] = load  # models.<name>'s (registry.load_options)
     return ModelCandidates, {**kwargs, "generator": method}
 
 
@@ -33,13 +34,13 @@ def bdhs_candidates(
     initial_rank: int,
     storage: Any,
     seed: int,
-    dtype: str = "auto",
+    load: LoadOptions = LoadOptions(),
 ) -> tuple[type, dict[str, Any]]:
     """One candidate per hiding threshold of generation.bdhs from the policy `name`."""
     from amp_ray.generation.bdhs import BdhsCandidates
 
     kwargs = _common(generation, name, uri, initial_rank, storage, seed)
-    kwargs["dtype"] = dtype  # models.<name>.dtype (registry.model_dtype)
+    kwargs["load"] = load  # models.<name>'s (registry.load_options)
     return BdhsCandidates, {**kwargs, "bdhs": generation.bdhs}
 
 

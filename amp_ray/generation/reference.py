@@ -16,6 +16,7 @@ from amp_ray.data.encode import encode_levels
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.models.registry import LoadOptions
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import REFERENCE_LOGPROBS
 
@@ -25,12 +26,12 @@ SCORED_ROWS = REFERENCE_LOGPROBS.append(pa.field(QUARANTINE_REASON, pa.string())
 def scorer_kwargs(spec: Any, name: str, uri: str) -> dict[str, Any]:
     """ReferenceScorer's constructor arguments for reference model `name` at `uri`, from the
     spec's reference and training blocks (the reference stage and the online rounds)."""
-    from amp_ray.models.registry import model_dtype
+    from amp_ray.models.registry import load_options
 
     return {
         "model_name": name,
         "model_path": uri,
-        "dtype": model_dtype(spec, name),
+        "load": load_options(spec, name),
         "round_weight_step": spec.training.round_weight_step,
         "max_length": spec.training.max_length,
         "micro_batch_size": spec.reference.micro_batch_size,
@@ -52,11 +53,11 @@ class ReferenceScorer:
         micro_batch_size: int,
         num_cpus: float = 1.0,
         storage: Any = None,
-        dtype: str = "auto",
+        load: LoadOptions = LoadOptions(),
     ) -> None:
         from amp_ray.models.loading import load_for_inference
 
-        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, dtype)
+        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, load)
         self.model_name = model_name
         self.dtype = str(self.model.dtype).removeprefix("torch.")  # what "auto" resolved to
         self.round_weight_step = round_weight_step

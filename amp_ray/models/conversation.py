@@ -77,9 +77,7 @@ def encode_conversation(
             )
         piece, rendered = text[len(rendered) :], text
         if k == 1:
-            encoded = processor(
-                text=[piece], images=[image], add_special_tokens=False, return_tensors="pt"
-            )
+            encoded = process(processor, piece, image)
             ids = encoded["input_ids"][0].tolist()
             vision = vision_of(encoded)
         else:
@@ -100,7 +98,9 @@ def encode_conversation(
     return Encoded(input_ids, weights, vision)
 
 
-TEXT_KEYS = ("input_ids", "attention_mask")
+# token-aligned outputs of a processor: the ids and mask are rebuilt by `collate`; Qwen's
+# mm_token_type_ids is derived from the ids where it is needed (families/qwen2_vl.py)
+TEXT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def vision_of(processed: Any) -> dict[str, torch.Tensor]:
@@ -113,10 +113,20 @@ def image_inputs(processor: Any, image: Image.Image) -> dict[str, torch.Tensor]:
     the same call, over the image's turn alone (pixel_values, and per family image_sizes,
     image_grid_thw or pixel_attention_mask). Training builds them from the stored image."""
     text = processor.apply_chat_template(messages_for([""], []), tokenize=False)
-    processed = processor(
-        text=[text], images=[image], add_special_tokens=False, return_tensors="pt"
-    )
-    return vision_of(processed)
+    return vision_of(process(processor, text, image))
+
+
+def process(processor: Any, text: str, image: Image.Image) -> Any:
+    """The processor over one text piece and its image; an image the family's processor rejects
+    (too small, a shape it cannot tile) or a placeholder count it refuses is a DataError that
+    names the processor and the image, so that the row goes to quarantine."""
+    try:
+        return processor(text=[text], images=[image], add_special_tokens=False, return_tensors="pt")
+    except (ValueError, TypeError, IndexError) as exc:
+        raise DataError(
+            f"{type(processor).__name__} rejects the image ({image.width}x{image.height} "
+            f"{image.mode}): {exc}"
+        ) from None
 
 
 def collate(
@@ -124,8 +134,9 @@ def collate(
 ) -> dict[str, torch.Tensor]:
     """Pad a batch: `left` for generation, `right` for training and scoring.
 
-    Returns input_ids, attention_mask, position_ids (counting real tokens only, so left padding
-    does not shift positions), response_weights, and the vision inputs concatenated.
+    Returns input_ids, attention_mask, response_weights, and the vision inputs batched as the
+    families' processors batch images (`stack_vision`). Positions are the model's to make
+    (`families.forward_inputs`): Qwen2-VL's depend on the image grid.
     """
     length = max(len(example) for example in examples)
     ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
@@ -137,18 +148,26 @@ def collate(
         ids[row, span] = torch.tensor(example.input_ids)
         mask[row, span] = 1
         weights[row, span] = torch.tensor(example.response_weights)
-    batch = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": positions_from_mask(mask),
-        "response_weights": weights,
-    }
-    for key in examples[0].vision:
-        batch[key] = torch.cat([example.vision[key] for example in examples])
+    batch = {"input_ids": ids, "attention_mask": mask, "response_weights": weights}
+    return batch | stack_vision([example.vision for example in examples])
+
+
+def stack_vision(visions: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Items' vision inputs as one batch: every axis after the first zero-padded to the largest
+    among the items, then concatenated. That is what the processors do for a batch of images:
+    LLaVA-NeXT / OneVision tiles and Idefics3 images are padded (the models drop all-zero
+    tiles), Qwen's packed patches [patches, dim] and grids are concatenated in item order."""
+    if any(vision.keys() != visions[0].keys() for vision in visions):
+        raise DataError("the items of a batch have different vision inputs (mixed families?)")
+    batch = {}
+    for key in visions[0]:
+        tensors = [vision[key] for vision in visions]
+        largest = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors), strict=True)]
+        padded = []
+        for tensor in tensors:
+            # F.pad takes (before, after) pairs from the last axis back
+            short = [want - have for have, want in zip(tensor.shape[1:], largest, strict=True)]
+            widths = [width for missing in reversed(short) for width in (0, missing)]
+            padded.append(torch.nn.functional.pad(tensor, widths) if any(short) else tensor)
+        batch[key] = torch.cat(padded)
     return batch
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of the real tokens (0, 1, 2, ...), 0 on padding."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.clamp(min=0) * attention_mask.long()

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.models.families import forward_inputs
 from amp_ray.spec.alignment import SamplingSpec
 
 
@@ -80,9 +81,11 @@ def generate(
     first occurrence of that string (kept), e.g. "." to complete one sentence.
     """
     tokenizer = processor.tokenizer
-    inputs = {k: v.to(model.device) for k, v in batch.items() if k != "response_weights"}
-    if attention_mask is not None:
-        inputs["attention_mask"] = attention_mask.to(model.device)
+    on_device = {k: v.to(model.device) for k, v in batch.items() if k != "response_weights"}
+    hidden = attention_mask.to(model.device) if attention_mask is not None else None
+    # explicit positions: generate() continues them (Qwen2-VL's M-RoPE too) and would otherwise
+    # derive them from a mask with hidden image tokens
+    inputs = forward_inputs(model, on_device, hidden)
     kwargs = generation_kwargs(sampling, tokenizer)
     eos = model.generation_config.eos_token_id
     end_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}

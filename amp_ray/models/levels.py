@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from amp_ray.errors import DataError
-from amp_ray.models.conversation import Encoded, collate, positions_from_mask
+from amp_ray.models.conversation import Encoded, collate
+from amp_ray.models.families import family_of, forward_inputs
 from amp_ray.models.logprobs import picked_logprobs, sequence_logprobs
 
 
@@ -69,7 +70,6 @@ def collate_levels(
     response = collate(responses, pad_token_id, "right")
     batch = {f"prefix_{key}": prefix.pop(key) for key in ("input_ids", "attention_mask")}
     batch.update(prefix)  # the vision inputs
-    batch.pop("position_ids")
     batch.pop("response_weights")
     batch["response_input_ids"] = response["input_ids"]
     batch["response_attention_mask"] = response["attention_mask"]
@@ -95,32 +95,30 @@ class LevelScorer(torch.nn.Module):
         if self.mode == "full":
             inputs = {k: v for k, v in batch.items() if k != "response_lengths"}
             return sequence_logprobs(self.model, inputs).view(num_items, num_levels)
-        prefix_mask = batch["prefix_attention_mask"]
         vision = {
             key: value
             for key, value in batch.items()
             if not key.startswith(("prefix_", "response_"))
         }
-        prefix = self.model(
-            input_ids=batch["prefix_input_ids"],
-            attention_mask=prefix_mask,
-            position_ids=positions_from_mask(prefix_mask),
-            use_cache=True,
-            logits_to_keep=1,
-            **vision,
+        prefix_mask = batch["prefix_attention_mask"]
+        inputs = forward_inputs(
+            self.model,
+            {"input_ids": batch["prefix_input_ids"], "attention_mask": prefix_mask, **vision},
         )
+        prefix = self.model(**inputs, use_cache=True, logits_to_keep=1)
         cache = prefix.past_key_values
         cache.batch_repeat_interleave(num_levels)
         response_ids = batch["response_input_ids"]
         response_mask = batch["response_attention_mask"]
-        start = prefix_mask.sum(-1).repeat_interleave(num_levels)
-        positions = start[:, None] + torch.arange(response_ids.shape[1], device=start.device)
+        positions = family_of(self.model).continued_positions(
+            inputs["position_ids"], num_levels, response_mask
+        )
         out = self.model(
             input_ids=response_ids,
             attention_mask=torch.cat(
                 [prefix_mask.repeat_interleave(num_levels, 0), response_mask], 1
             ),
-            position_ids=positions * response_mask,
+            position_ids=positions,
             past_key_values=cache,
             use_cache=True,
         )

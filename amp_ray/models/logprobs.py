@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from amp_ray.models.families import forward_inputs
+
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """log π(token_t | tokens_<t) for t = 1..T−1, computed without a full log-softmax copy."""
@@ -34,10 +36,9 @@ def sequence_logprobs(
 
     `batch` comes from `conversation.collate`. `attention_mask` overrides the batch's mask, to
     score with image tokens hidden (`hiding.hide_image_tokens`); positions stay those of the
-    full sequence.
+    full sequence (`families.forward_inputs`).
     """
-    inputs = {k: v for k, v in batch.items() if k not in ("response_weights", "attention_mask")}
-    mask = batch["attention_mask"] if attention_mask is None else attention_mask
-    logits = model(**inputs, attention_mask=mask, use_cache=False).logits
+    inputs = forward_inputs(model, batch, attention_mask)
+    logits = model(**inputs, use_cache=False).logits
     weights = batch["response_weights"][:, 1:].to(logits.device)
     return (token_logprobs(logits, batch["input_ids"]) * weights).sum(-1)

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import TypeVar
 
 from amp_ray.spec import JobSpec
 from amp_ray.storage import RunDir
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model loads wherever it runs, from its `models` entry (`load_options`): passed
+    whole to the actors and the training workers (models/loading.load_model)."""
+
+    dtype: str = "auto"  # float32, bfloat16, float16, or auto: the checkpoint's
+    trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"
 
 
 def model_uri(spec: JobSpec, run_dir: RunDir, name: str) -> str:
@@ -29,12 +40,22 @@ def model_uri(spec: JobSpec, run_dir: RunDir, name: str) -> str:
     return run_dir.location.join("sft", "init", name).uri
 
 
-def model_dtype(spec: JobSpec, name: str) -> str:
-    """The dtype model `name` loads in wherever it is used (generation, scoring, evaluation):
-    its `models` entry's, or for an SFT run its root model's; "auto" (the checkpoint's own) for
-    a model this run trained."""
+def load_options(spec: JobSpec, name: str) -> LoadOptions:
+    """How model `name` loads wherever it is used (generation, scoring, evaluation, training):
+    its `models` entry's dtype, remote code and attention; an SFT run's are its root model's. A
+    model this run trained (training.name, its online rounds) loads in its checkpoint's dtype
+    ("auto") with the other settings of the policy's root model."""
     root = root_model(spec, name)
-    return spec.models[root].dtype if root in spec.models else "auto"
+    if root in spec.models:
+        entry = spec.models[root]
+        dtype = entry.dtype
+    else:
+        policy = root_model(spec, str(spec.training.policy)) if spec.training.policy else None
+        entry = spec.models.get(policy) if policy else None
+        dtype = "auto"
+    if entry is None:
+        return LoadOptions(dtype)
+    return LoadOptions(dtype, entry.trust_remote_code, entry.attn_implementation)
 
 
 def root_model(spec: JobSpec, name: str) -> str:

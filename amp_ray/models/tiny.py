@@ -20,6 +20,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from amp_ray.models.loading import save_model
 from amp_ray.spec.blocks import TinyLlavaSpec
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>", "<image>", "<sep>"]
@@ -117,5 +118,5 @@ def create_tiny_model(
     tokenizer = train_tokenizer(texts)
     processor = tiny_processor(tokenizer, image_size, spec.patch_size)
     model = tiny_llava(spec, tokenizer, image_size, seed)
-    model.save_pretrained(directory)
+    save_model(model, str(directory))
     processor.save_pretrained(directory)

@@ -291,8 +291,19 @@ class ModelSpec(Block):
 
     path: str | None = None
     tiny: TinyLlavaSpec | None = None
-    dtype: Dtype = "auto"
-    trust_remote_code: bool = False
+    dtype: Dtype = Field(
+        "auto",
+        description="the dtype it loads in wherever it runs (generation, reference, evaluation); "
+        "auto: the checkpoint's",
+    )
+    trust_remote_code: bool = Field(
+        False, description="run the checkpoint's own modelling and processing code"
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="the attention kernels: sdpa (PyTorch), eager, or flash_attention_2 (needs "
+        "the flash-attn package on CUDA nodes)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

@@ -20,7 +20,7 @@ import pyarrow as pa
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import model_uri
+from amp_ray.models.registry import load_options, model_uri
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.quarantine import route_quarantine
@@ -114,8 +114,8 @@ class EvaluateStage(Stage):
         answers = self.run_dir.writer(self.name, "answers", "answers")
         items, rows_in = self._items(quarantine)
         route = functools.partial(route_quarantine, stage=self.name, good="answers", bad="q")
-        # a model of `models` loads in its spec's dtype; SFT and trained models in their own
-        dtypes = {name: spec.dtype for name, spec in self.spec.models.items()}
+        # each model as it loads everywhere (registry.load_options)
+        loads = {name: load_options(self.spec, name) for name in self.models()}
         answer_with_models(
             items,
             self.models(),
@@ -124,7 +124,7 @@ class EvaluateStage(Stage):
             {"answers": answers, "q": quarantine},
             route,
             self.spec.storage,
-            dtypes,
+            loads,
             stage=self,
             key="evaluation.actors",
         )

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.data.items import rows_not_in, rows_where
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import model_dtype, model_uri
+from amp_ray.models.registry import load_options, model_uri
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec.alignment import GenerationSpec
 from amp_ray.stages.base import Stage, StageCounts
@@ -84,16 +84,16 @@ class GenerateStage(Stage):
             if method == "bdhs":
                 name = str(self.bdhs_model())
                 uri = model_uri(self.spec, self.run_dir, name)
-                dtype = model_dtype(self.spec, name)
-                pools.append(bdhs_candidates(generation, name, uri, rank, storage, seed, dtype))
+                load = load_options(self.spec, name)
+                pools.append(bdhs_candidates(generation, name, uri, rank, storage, seed, load))
                 rank += len(generation.bdhs.rho_th)
                 continue
             names = generation.meg.experts if method == "meg" else generation.ig.checkpoints
             for name in names:
                 uri = model_uri(self.spec, self.run_dir, name)
-                dtype = model_dtype(self.spec, name)
+                load = load_options(self.spec, name)
                 pools.append(
-                    model_candidates(generation, method, name, uri, rank, storage, seed, dtype)
+                    model_candidates(generation, method, name, uri, rank, storage, seed, load)
                 )
                 rank += 1
         return pools

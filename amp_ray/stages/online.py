@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest, pool_request
 from amp_ray.data.items import rows_in
 from amp_ray.errors import DataError
-from amp_ray.models.registry import model_dtype, model_uri, root_model
+from amp_ray.models.registry import load_options, model_uri, root_model
 from amp_ray.models.store import committed_model
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec import JobSpec
@@ -294,11 +294,11 @@ class OnlineRounds:
         from amp_ray.generation.pools import bdhs_candidates, model_candidates
 
         generation, storage = self.spec.generation, self.spec.storage
-        dtype = model_dtype(self.spec, policy.name)
+        load = load_options(self.spec, policy.name)
         if self.training.online.generator == "bdhs":
-            return bdhs_candidates(generation, policy.name, policy.uri, 1, storage, seed, dtype)
+            return bdhs_candidates(generation, policy.name, policy.uri, 1, storage, seed, load)
         return model_candidates(
-            generation, "sampled", policy.name, policy.uri, 1, storage, seed, dtype
+            generation, "sampled", policy.name, policy.uri, 1, storage, seed, load
         )
 
     def pool_requests(self) -> list[ResourceRequest]:
@@ -320,7 +320,7 @@ class OnlineRounds:
 
         self.stage.ensure_resources(self.pool_requests(), spare_cpus=SPARE_CPUS_FOR_TASKS)
         scorer = root_model(self.spec, reference_model(self.spec))
-        dtype = model_dtype(self.spec, scorer)
+        dtype = load_options(self.spec, scorer).dtype
         if self._scores_reference and dtype != "auto":
             check_reference_dtype({dtype}, self.recipe, "the online rounds' reference", scorer)
 

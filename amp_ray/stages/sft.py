@@ -21,7 +21,12 @@ from typing import Any
 from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import model_uri, root_model, run_in_dependency_order
+from amp_ray.models.registry import (
+    load_options,
+    model_uri,
+    root_model,
+    run_in_dependency_order,
+)
 from amp_ray.models.store import (
     commit_model,
     committed_model,
@@ -54,7 +59,13 @@ class SftStage(Stage):
         return {
             "seed": self.spec.seed,
             "sft": self.spec.sft.model_dump(mode="json", exclude=HOW_IT_RUNS),
-            "models": {name: self.spec.models[name].model_dump(mode="json") for name in roots},
+            # the attention kernels change how a model runs, not what it learns
+            "models": {
+                name: self.spec.models[name].model_dump(
+                    mode="json", exclude={"attn_implementation"}
+                )
+                for name in roots
+            },
         }
 
     def _training_settings(self, name: str) -> dict[str, Any]:
@@ -164,6 +175,7 @@ class SftStage(Stage):
                 "max_length": self.spec.sft.max_length,
                 "round_weight_step": 0.0,
                 "storage": self.spec.storage,
+                "trust_remote_code": load_options(self.spec, root).trust_remote_code,
             }
             encoding = Encoding.of(
                 items.manifest.attempt,
@@ -204,6 +216,7 @@ class SftStage(Stage):
             input_cpus=sft.input_cpus,
             mode="buckets",
             keep=functools.partial(in_fraction, fraction=run.data_fraction),
+            trust_remote_code=load_options(self.spec, name).trust_remote_code,
         )
         if model_metadata(location).get("settings") == settings and not self.force:
             return inputs.num_items
@@ -214,6 +227,7 @@ class SftStage(Stage):
             attempt=attempt,
             storage=self.spec.storage.model_dump(),
             engine=asdict(engine),
+            load=asdict(load_options(self.spec, run.init)),
         )
         storage = self.run_dir.location.join(self.name, "ray")
         self.ensure_resources([workers_request("sft.scaling", sft.scaling, f"training {name}")])

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import model_uri, root_model
+from amp_ray.models.registry import load_options, model_uri, root_model
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
@@ -189,6 +189,7 @@ class TrainStage(Stage):
             "max_length": training.max_length,
             "round_weight_step": training.round_weight_step,
             "storage": self.spec.storage,
+            "trust_remote_code": load_options(self.spec, str(training.policy)).trust_remote_code,
         }
         kwargs.update(zip(("num_levels", "levels", "need_reference"), levels, strict=True))
         encoding = Encoding.of(
@@ -269,6 +270,7 @@ class TrainStage(Stage):
             num_workers=recipe.scaling.num_workers,
             steps=engine["steps"],
             input_cpus=recipe.input_cpus,
+            trust_remote_code=load_options(self.spec, str(recipe.policy)).trust_remote_code,
         )
 
     def _loop_config(
@@ -306,6 +308,7 @@ class TrainStage(Stage):
             gradient_checkpointing=recipe.gradient_checkpointing,
             forward=recipe.forward,
             level_index=[encoded.index(k) for k in trained_levels(recipe)],
+            load=asdict(load_options(self.spec, str(recipe.policy))),
         ).to_dict()
 
     # -- outputs ----------------------------------------------------------------------------

@@ -162,7 +162,9 @@ def read_planned_rows(plan: pa.Table, files: list[str], storage: Any = None) -> 
     )
 
 
-def image_inputs_of(batch: pa.Table, processor_path: str, storage: Any = None) -> pa.Table:
+def image_inputs_of(
+    batch: pa.Table, processor_path: str, storage: Any = None, trust_remote_code: bool = False
+) -> pa.Table:
     """Ray Data task: each row's stored image to the model's pixel inputs, packed beside the
     tokens (`vision`). An image that does not decode now (it changed or broke after encoding)
     marks its row with the reason and the stored image, for the worker to set aside."""
@@ -170,7 +172,7 @@ def image_inputs_of(batch: pa.Table, processor_path: str, storage: Any = None) -
     from amp_ray.models.conversation import image_inputs
     from amp_ray.storage.quarantine import ROW_JSON, row_to_json
 
-    processor = _processor(processor_path, storage)
+    processor = _processor(processor_path, storage, trust_remote_code)
     vision, reasons, originals = [], [], []
     for row in batch.select(["item_id", "image", "image_uri"]).to_pylist():
         try:
@@ -188,13 +190,13 @@ def image_inputs_of(batch: pa.Table, processor_path: str, storage: Any = None) -
     return batch.append_column(ROW_JSON, pa.array(originals, pa.string()))
 
 
-def _processor(path: str, storage: Any) -> Any:
+def _processor(path: str, storage: Any, trust_remote_code: bool) -> Any:
     """The processor at `path`, loaded once per Ray worker process (tasks reuse processes)."""
     if path not in _processors:
         from amp_ray.models.loading import load_processor
         from amp_ray.models.store import local_model_path
 
-        _processors[path] = load_processor(local_model_path(path, storage))
+        _processors[path] = load_processor(local_model_path(path, storage), trust_remote_code)
     return _processors[path]
 
 
@@ -209,6 +211,7 @@ class InputSource:
     processor_path: str
     storage: Any = None
     input_cpus: float = 0.25
+    trust_remote_code: bool = False
 
 
 class RankShards(DataConfig):
@@ -245,7 +248,11 @@ class RankShards(DataConfig):
             )
             dataset = dataset.map_batches(
                 image_inputs_of,
-                fn_kwargs={"processor_path": source.processor_path, "storage": source.storage},
+                fn_kwargs={
+                    "processor_path": source.processor_path,
+                    "storage": source.storage,
+                    "trust_remote_code": source.trust_remote_code,
+                },
                 batch_format="pyarrow",
                 num_cpus=source.input_cpus,
             )
@@ -373,13 +380,14 @@ class PlannedInputs:
         input_cpus: float = 0.25,
         mode: str = "shuffle",
         keep: Any = None,
+        trust_remote_code: bool = False,
     ) -> PlannedInputs:
         """Plan `steps` global batches over the encoded dataset (a storage Dataset)."""
         rows = encoded_index(encoded, keep)
         global_batch = micro_batch_size * accumulation * num_workers
         table = make_plan(rows, seed, global_batch, steps, micro_batch_size, mode)
         files = [encoded.location.join(entry.path).uri for entry in encoded.manifest.files]
-        source = InputSource(files, processor_path, storage, input_cpus)
+        source = InputSource(files, processor_path, storage, input_cpus, trust_remote_code)
         return cls(table, RankShards(global_batch, source), len(rows))
 
 

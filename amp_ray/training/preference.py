@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
+from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.blocks import LoraSpec, StorageSpec
 from amp_ray.training.objective import Objective
 from amp_ray.training.optim import EngineConfig, weights_dtype
@@ -42,15 +43,17 @@ class PreferenceLoopConfig:
     gradient_checkpointing: bool
     forward: str  # "shared_prefix" or "full"
     level_index: list[int]  # which of the encoded levels this recipe trains on, best first
+    load: dict[str, Any] = field(default_factory=dict)  # LoadOptions fields but the dtype
     shuffle_window: int = 1024
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
-    def dtype(self) -> str:
-        """The dtype of the weights: bf16 training keeps them in bfloat16."""
-        return weights_dtype(self.engine["precision"])
+    def load_options(self) -> LoadOptions:
+        """The policy's (and an in-loop reference's) load options, in the dtype its weights
+        train in: bf16 training keeps them in bfloat16."""
+        return replace(LoadOptions(**self.load), dtype=weights_dtype(self.engine["precision"]))
 
 
 def load_policy(cfg: PreferenceLoopConfig, path: str, device: Any) -> tuple[Any, int]:
@@ -58,7 +61,7 @@ def load_policy(cfg: PreferenceLoopConfig, path: str, device: Any) -> tuple[Any,
     from amp_ray.models.loading import freeze_all_but_language_model, load_model
 
     lora = LoraSpec(**cfg.lora) if cfg.lora else None
-    model = load_model(path, cfg.dtype, device, lora, cfg.gradient_checkpointing)
+    model = load_model(path, cfg.load_options, device, lora, cfg.gradient_checkpointing)
     if cfg.freeze_vision and lora is None:
         freeze_all_but_language_model(model)
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -87,9 +90,10 @@ def set_up_worker(cfg: PreferenceLoopConfig, device: Any) -> WorkerState:
     engine = build_engine(LevelScorer(policy, mode), EngineConfig(**cfg.engine))
     reference = None
     if cfg.reference_path is not None:
-        frozen = load_model(local_model_path(cfg.reference_path, storage), cfg.dtype, device)
+        frozen = load_model(local_model_path(cfg.reference_path, storage), cfg.load_options, device)
         reference = LevelScorer(frozen.eval().requires_grad_(False), mode)
-    return WorkerState(engine, policy, load_processor(path), reference, trainable, storage)
+    processor = load_processor(path, cfg.load_options.trust_remote_code)
+    return WorkerState(engine, policy, processor, reference, trainable, storage)
 
 
 def preference_loop(config: dict[str, Any]) -> dict[str, Any]:

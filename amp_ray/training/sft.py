@@ -7,13 +7,14 @@ same `sequence_logprobs` that scores preferences.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.blocks import StorageSpec
 from amp_ray.training.optim import EngineConfig, weights_dtype
 
@@ -27,9 +28,14 @@ class SftLoopConfig:
     attempt: str
     storage: dict[str, Any] | None  # StorageSpec fields, for s3 options
     engine: dict[str, Any]  # EngineConfig fields
+    load: dict[str, Any] = field(default_factory=dict)  # LoadOptions fields but the dtype
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def load_options(self, precision: str) -> LoadOptions:
+        """The model's load options, in the dtype its weights train in."""
+        return replace(LoadOptions(**self.load), dtype=weights_dtype(precision))
 
 
 def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -61,9 +67,10 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
     seed_everything(opt.seed + rank)
     storage = StorageSpec(**cfg.storage) if cfg.storage else None
     path = local_model_path(cfg.init_path, storage)
-    processor = load_processor(path)
+    options = cfg.load_options(opt.precision)
+    processor = load_processor(path, options.trust_remote_code)
     device = train_worker_device(f"sft.scaling:{cfg.output_uri.rstrip('/').split('/')[-1]}")
-    model = load_model(path, dtype=weights_dtype(opt.precision), device=device)
+    model = load_model(path, options, device)
     params = sum(p.numel() for p in model.parameters())
     engine = build_engine(model, opt)
     step = start_step = restore_checkpoint(engine)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from amp_ray.models.conversation import Encoded
+from amp_ray.models.loading import save_model
 from amp_ray.models.store import upload_model_dir
 from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
 from amp_ray.storage.location import open_location
@@ -134,7 +135,7 @@ def export_model(
                     model.peft_config["default"].base_model_name_or_path = adapter_base
                     model.save_pretrained(directory)
                 else:
-                    model.merge_and_unload().save_pretrained(directory)
+                    save_model(model.merge_and_unload(), directory)
                 processor.save_pretrained(directory)
                 upload_model_dir(directory, open_location(output_uri, storage), attempt)
         return
@@ -148,7 +149,7 @@ def export_model(
     if rank != 0:
         return
     with tempfile.TemporaryDirectory() as directory:
-        model.save_pretrained(directory, state_dict=state)
+        save_model(model, directory, state)
         processor.save_pretrained(directory)
         upload_model_dir(directory, open_location(output_uri, storage), attempt)
 
