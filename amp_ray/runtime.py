@@ -178,6 +178,32 @@ def concurrent_pools(pool: ActorPoolSpec, cluster_config: str | None = None) -> 
     return max(1, int(free // (pool.num_cpus * pool.min_actors)))
 
 
+def concurrent_runs(
+    scaling: Any, input_cpus: float, wanted: int, key: str, cluster_config: str | None = None
+) -> int:
+    """How many training runs of this shape can train at once, up to `wanted`: each needs its
+    workers' CPUs and, while they train, CPUs for the Ray Data tasks that make their inputs
+    (training/inputs.py); runs whose workers held every CPU would wait on those tasks for ever.
+    A run that cannot fit at all is a SpecError naming `key` (the spec's scaling block). On a
+    cluster an autoscaler grows: `wanted` (every run asks for its own resources)."""
+    from amp_ray.cluster.capacity import current_view
+    from amp_ray.errors import SpecError
+
+    view = current_view(cluster_config)
+    if view.can_grow():
+        return wanted
+    per_run = scaling.num_workers * (scaling.cpus_per_worker + input_cpus)
+    total = sum(node.get("CPU", 0.0) for node in view.nodes)
+    if per_run > total:
+        raise SpecError(
+            f"{key} asks for {per_run:g} CPUs for its {scaling.num_workers} worker(s) and the "
+            f"tasks that make their inputs (cpus_per_worker + input_cpus each); this Ray has "
+            f"{total:g}",
+            hint=f"lower {key}.num_workers or cpus_per_worker, or the input_cpus beside it",
+        )
+    return max(1, min(wanted, int(total // per_run)))
+
+
 def batched(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 

@@ -172,3 +172,19 @@ def test_a_logical_gpu_computes_on_the_cpu(caplog: pytest.LogCaptureFixture) -> 
         assert placement.compute_device(gpu_ids=[0]) == "cpu"
         assert placement.compute_device(gpu_ids=[0]) == "cpu"
     assert sum("logical GPU" in r.message for r in caplog.records) <= 1  # said once
+
+
+def test_concurrent_training_runs_leave_cpus_for_their_input_tasks(ray_session) -> None:
+    """On this 2-CPU Ray two 1-CPU runs would hold every CPU while their workers wait for the
+    Ray Data tasks that make their inputs (the demo's SFT stage hung so): one at a time."""
+    from amp_ray.errors import SpecError
+    from amp_ray.runtime import concurrent_runs
+    from amp_ray.spec.blocks import ScalingSpec
+
+    one_cpu = ScalingSpec(num_workers=1, cpus_per_worker=1)
+    assert concurrent_runs(one_cpu, 0.25, 2, "sft.scaling") == 1
+    half = ScalingSpec(num_workers=1, cpus_per_worker=0.5)
+    assert concurrent_runs(half, 0.25, 2, "sft.scaling") == 2
+    assert concurrent_runs(half, 0.25, 1, "sft.scaling") == 1
+    with pytest.raises(SpecError, match=r"training.scaling asks for 2.5 CPUs for its 2 worker"):
+        concurrent_runs(ScalingSpec(num_workers=2, cpus_per_worker=1), 0.25, 1, "training.scaling")

@@ -34,7 +34,7 @@ from amp_ray.models.store import (
     model_metadata,
     new_model_attempt,
 )
-from amp_ray.runtime import light_map
+from amp_ray.runtime import concurrent_runs, light_map
 from amp_ray.stages.base import Encoding, Stage, StageCounts
 
 # sft settings that change how the stage runs, not what it makes
@@ -96,10 +96,16 @@ class SftStage(Stage):
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         encoded = self._encode(items, quarantine)
         datasets = {name: encoded[self._processor_key(name)] for name in self.spec.sft.runs}
+        sft = self.spec.sft
+        concurrency = concurrent_runs(
+            sft.scaling,
+            sft.input_cpus,
+            sft.max_concurrent_runs,
+            "sft.scaling",
+            self.spec.runtime.cluster_config,
+        )
         trained = run_in_dependency_order(
-            self.spec,
-            lambda name: self._train(name, datasets[name]),
-            self.spec.sft.max_concurrent_runs,
+            self.spec, lambda name: self._train(name, datasets[name]), concurrency
         )
         trained_rows = max(trained.values())
         self._evaluate(quarantine)

@@ -32,6 +32,7 @@ from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import load_options, model_uri, root_model
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
+from amp_ray.runtime import concurrent_runs
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
 from amp_ray.stages.base import Encoding, Stage, StageCounts
@@ -213,7 +214,14 @@ class TrainStage(Stage):
         return self.run_dir.location.join(self.name, "models", run.model)
 
     def _train_all(self, runs: list[PlannedRun], encoded: Any) -> list[RunResult]:
-        concurrency = self.spec.training.compare.max_concurrent_runs
+        training = self.spec.training
+        concurrency = concurrent_runs(
+            training.scaling,
+            training.input_cpus,
+            training.compare.max_concurrent_runs,
+            "training.scaling",
+            self.spec.runtime.cluster_config,
+        )
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return list(pool.map(lambda run: self._train(run, encoded), runs))
 
