@@ -84,6 +84,11 @@ def reference_model(spec: JobSpec) -> str:
     return str(spec.reference.model or spec.training.policy)
 
 
+def reference_entry(spec: JobSpec) -> str:
+    """The `models` entry whose settings (its dtype) the reference loads with."""
+    return root_model(spec, reference_model(spec))
+
+
 def rounds_config(spec: JobSpec, run_dir: RunDir) -> dict[str, Any]:
     """The settings the rounds' data depend on outside the training block."""
     generation, online = spec.generation, spec.training.online
@@ -185,7 +190,7 @@ class OnlineRounds:
         if quarantined.num_rows:
             self.quarantine.write_table(quarantined.read_table())
         if self._scores_reference:  # scored in the checkpoint's own dtype where none is given
-            scorer = root_model(self.spec, reference_model(self.spec))
+            scorer = reference_entry(self.spec)
             where = f"train/{round_dataset(number)}"
             check_reference_dtype(scored_dtypes(data), self.recipe, where, scorer)
         encoded = self.stage._encode(data, self.quarantine, self.recipe, f"_round{number}")
@@ -319,7 +324,7 @@ class OnlineRounds:
         from amp_ray.stages.train import check_reference_dtype
 
         self.stage.ensure_resources(self.pool_requests(), spare_cpus=SPARE_CPUS_FOR_TASKS)
-        scorer = root_model(self.spec, reference_model(self.spec))
+        scorer = reference_entry(self.spec)
         dtype = load_options(self.spec, scorer).dtype
         if self._scores_reference and dtype != "auto":
             check_reference_dtype({dtype}, self.recipe, "the online rounds' reference", scorer)

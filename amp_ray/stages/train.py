@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import load_options, model_uri, root_model
+from amp_ray.models.registry import load_options, model_uri
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
 from amp_ray.runtime import concurrent_runs
 from amp_ray.spec.alignment import TrainingSpec
@@ -134,10 +134,10 @@ class TrainStage(Stage):
         source = self.run_dir.dataset(*self.inputs[0])
         check_num_levels(source, training.num_levels, "/".join(self.inputs[0]))
         if self.reads_stored_reference():
-            from amp_ray.stages.online import reference_model
+            from amp_ray.stages.online import reference_entry
 
-            scorer = root_model(self.spec, reference_model(self.spec))
-            check_reference_dtype(scored_dtypes(source), training, "/".join(self.inputs[0]), scorer)
+            where, scorer = "/".join(self.inputs[0]), reference_entry(self.spec)
+            check_reference_dtype(scored_dtypes(source), training, where, scorer)
         if self.force:
             self.run_dir.location.join(self.name, "ray").remove()
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
