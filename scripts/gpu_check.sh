@@ -7,7 +7,8 @@
 # torch (on a GPU node: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 make install).
 # What it runs (tests/test_gpu.py): CUDA device selection for Ray actors and tasks given a GPU;
 # a generation actor pool on the GPU; bf16 DeepSpeed ZeRO-2 MDPO of a tiny LLaVA for 20 steps
-# whose loss falls; two NCCL workers when the machine has two GPUs; and the model families'
+# whose loss falls; QLoRA with bitsandbytes' CUDA kernels (4-bit base, paged 8-bit AdamW); ZeRO-3
+# with CPU offload; two NCCL workers when the machine has two GPUs; and the model families'
 # conformance suite (tests/test_families.py) with the processors as a CUDA torchvision loads
 # them. The output is also written to gpu_check.log (or $OUT/gpu_check.log when OUT is set),
 # for docs/cluster.md.

@@ -3,6 +3,8 @@
 - Ray actors and tasks given a GPU compute on CUDA, the others on the CPU.
 - A generation actor pool with num_gpus=1 answers on the GPU.
 - bf16 DeepSpeed ZeRO-2 MDPO of a tiny LLaVA for 20 steps on one GPU: the loss falls.
+- QLoRA (4-bit NF4 base, paged 8-bit AdamW) in bf16 on one GPU: starts at its base, learns.
+- bf16 ZeRO-3 with parameters and optimizer offloaded to the CPU on one GPU.
 - Two NCCL workers, one GPU each, when the machine has two GPUs.
 
 Without CUDA every test here is skipped; the simulated-cluster tests cover placement on logical
@@ -98,6 +100,39 @@ def test_bf16_zero2_mdpo_on_one_gpu_lowers_the_loss(
     record = json.loads((tmp_path / "run" / "train" / "_stage.json").read_text())
     devices = {p["role"]: p["device"] for p in record["report"]["placements"] if p["gpu_ids"]}
     assert devices == {"training.scaling:aligned": "cuda"}, record["report"]["placements"]
+
+
+def test_bf16_qlora_with_paged_8bit_adamw_on_one_gpu_starts_at_its_base_and_learns(
+    tmp_path: Path, preference_json: Path, tiny_dir: str
+) -> None:
+    """bitsandbytes' CUDA kernels: the 4-bit base, paged 8-bit AdamW; checkpointed shared prefix."""
+    raw = training_spec(
+        tmp_path / "run", preference_json, tiny_dir, max_steps=20, precision="bf16",
+        reference="in_loop", gradient_checkpointing=True, forward="shared_prefix",
+        lora={"r": 8, "alpha": 16, "dropout": 0.0, "quantize_base": "nf4"},
+        optimizer={"name": "paged_adamw_8bit", "lr": 1e-2},
+        scaling={"num_workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 1},
+    )  # fmt: skip
+    raw["stages"] = ["data", "train"]
+    run_job(validate_spec(raw), echo=lambda _: None)
+    log = RunDir.open(str(tmp_path / "run")).dataset("train", "log").read_table().to_pylist()
+    losses = [r["value"] for r in sorted(log, key=lambda r: r["step"]) if r["metric"] == "loss"]
+    assert losses[0] == pytest.approx(0.693147, abs=1e-4)  # the reference is its own base
+    assert len(losses) == 20 and sum(losses[-5:]) / 5 < losses[0]
+
+
+def test_bf16_zero3_with_parameters_and_optimizer_offloaded_trains_on_one_gpu(
+    tmp_path: Path, preference_json: Path, tiny_dir: str
+) -> None:
+    raw = training_spec(
+        tmp_path / "run", preference_json, tiny_dir, max_steps=6, precision="bf16",
+        deepspeed={"zero_stage": 3, "offload_params": True, "offload_optimizer": True},
+        scaling={"num_workers": 1, "gpus_per_worker": 1, "cpus_per_worker": 1},
+    )  # fmt: skip
+    raw["reference"]["actors"] = {"num_actors": 1, "num_cpus": 1, "num_gpus": 1, "batch_size": 16}
+    run_job(validate_spec(raw), echo=lambda _: None)
+    log = RunDir.open(str(tmp_path / "run")).dataset("train", "log").read_table().to_pylist()
+    assert sorted({r["step"] for r in log}) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

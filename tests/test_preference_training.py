@@ -115,6 +115,36 @@ def test_the_train_stage_aligns_on_two_workers_and_exports_hf(
     assert changed and not any("vision_tower" in name for name in changed)
 
 
+def test_qlora_trains_adapters_on_a_4bit_base_against_that_base_and_exports_merged(
+    tmp_path: Path, preference_json: Path, tiny_dir: str
+) -> None:
+    """QLoRA as AMP trained: a 4-bit NF4 base, LoRA, 8-bit AdamW, gradient checkpointing with
+    the shared-prefix forward, the reference being the quantized base under the adapters."""
+    from transformers import AutoModelForImageTextToText
+
+    spec = training_spec(
+        tmp_path / "run", preference_json, tiny_dir, max_steps=3, checkpoint_every=3,
+        reference="in_loop", forward="shared_prefix", gradient_checkpointing=True,
+        lora={"r": 4, "alpha": 8, "dropout": 0.0, "quantize_base": "nf4"},
+        optimizer={"name": "adamw_8bit", "lr": 1e-2},
+        scaling={"num_workers": 1, "cpus_per_worker": 1},
+    )  # fmt: skip
+    spec["stages"] = ["data", "train"]
+    run_job(validate_spec(spec), echo=lambda _: None)
+    log = RunDir.open(str(tmp_path / "run")).dataset("train", "log").read_table().to_pylist()
+    losses = [r["value"] for r in sorted(log, key=lambda r: r["step"]) if r["metric"] == "loss"]
+    # the reference is the policy's own 4-bit base: at step 1 every pair term is exactly log 2
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert losses[-1] != pytest.approx(losses[0], abs=1e-4)
+    model_dir = tmp_path / "run" / "train" / "models" / "aligned"
+    exported = model_dir / json.loads((model_dir / "_model.json").read_text())["attempt"]
+    assert "quantization_config" not in json.loads((exported / "config.json").read_text())
+    model = AutoModelForImageTextToText.from_pretrained(exported)
+    original = dict(AutoModelForImageTextToText.from_pretrained(tiny_dir).named_parameters())
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, original[n])]
+    assert changed and all("language_model" in name for name in changed)
+
+
 # --- what training refuses ---------------------------------------------------------------------
 
 
@@ -199,7 +229,7 @@ def train_losses(run_dir: Path, preference_json: Path, tiny_dir: str, **training
     return [row["value"] for row in sorted(log, key=lambda r: r["step"]) if row["metric"] == "loss"]
 
 
-# ~3.5 min on 2 cores (four training runs): .ci/run runs it after the default suite
+# ~4.5 min on 2 cores (five training runs): .ci/run runs it after the default suite
 @pytest.mark.slow
 def test_losses_do_not_depend_on_workers_zero_stage_or_accumulation(
     scored_run: Path, preference_json: Path, tiny_dir: str
@@ -213,6 +243,9 @@ def test_losses_do_not_depend_on_workers_zero_stage_or_accumulation(
         },
         "1 worker x 8": {"scaling": one, "micro_batch_size": 8},
         "2 workers x 4, ZeRO 3": {"deepspeed": {"zero_stage": 3}},
+        "2 workers x 4, ZeRO 3, parameters and optimizer offloaded": {
+            "deepspeed": {"zero_stage": 3, "offload_params": True, "offload_optimizer": True}
+        },
     }
     losses = {
         name: train_losses(scored_run, preference_json, tiny_dir, **settings)

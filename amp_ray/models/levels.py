@@ -2,12 +2,13 @@
 
 The K responses of a preference item share the image and the prompt, and on real models the
 image prefix is most of the sequence (LLaVA-1.5: 576 image tokens against ~100 response tokens).
-`LevelScorer` runs that prefix once per item with a KV cache, repeats the cache for the K rows
-(`DynamicCache.batch_repeat_interleave`), and runs the K right-padded responses on top of it;
-gradients flow back through the repeated cache into the prefix and the vision tower. The first
-response token's log-prob comes from the prefix's last logits. `mode="full"` scores K full
-sequences instead (AMP's design, and the path under gradient checkpointing, which drops the
-cache); tests/test_levels.py checks that both give the same log-probs and gradients.
+`LevelScorer` runs that prefix once per item with a KV cache, repeats the cache for the K rows,
+and runs the K right-padded responses on top of it; gradients flow back through the repeated
+cache into the prefix and the vision tower. The first response token's log-prob comes from the
+prefix's last logits. The caches are replayable (models/prefix_cache.py), so gradient
+checkpointing keeps them. `mode="full"` scores K full sequences instead (AMP's design);
+tests/test_levels.py and tests/test_families.py check that both give the same log-probs and
+gradients, with and without checkpointing.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ import torch
 
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded, collate
-from amp_ray.models.families import family_of, forward_inputs
+from amp_ray.models.families import family_of, forward_inputs, unwrapped
 from amp_ray.models.logprobs import picked_logprobs, sequence_logprobs
+from amp_ray.models.prefix_cache import (
+    checkpointing_with_cache,
+    prefix_cache,
+    repeated_for_responses,
+)
 
 
 def shared_prefix_length(levels: Sequence[Encoded]) -> int:
@@ -105,23 +111,25 @@ class LevelScorer(torch.nn.Module):
             self.model,
             {"input_ids": batch["prefix_input_ids"], "attention_mask": prefix_mask, **vision},
         )
-        prefix = self.model(**inputs, use_cache=True, logits_to_keep=1)
-        cache = prefix.past_key_values
-        cache.batch_repeat_interleave(num_levels)
         response_ids = batch["response_input_ids"]
         response_mask = batch["response_attention_mask"]
         positions = family_of(self.model).continued_positions(
             inputs["position_ids"], num_levels, response_mask
         )
-        out = self.model(
-            input_ids=response_ids,
-            attention_mask=torch.cat(
-                [prefix_mask.repeat_interleave(num_levels, 0), response_mask], 1
-            ),
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        # the caches are handed in and read back here: use_cache (which HF turns off under
+        # checkpointing, with a warning) is not what keeps them
+        with checkpointing_with_cache(self.model):
+            cache = prefix_cache(unwrapped(self.model))
+            prefix = self.model(**inputs, past_key_values=cache, use_cache=False, logits_to_keep=1)
+            out = self.model(
+                input_ids=response_ids,
+                attention_mask=torch.cat(
+                    [prefix_mask.repeat_interleave(num_levels, 0), response_mask], 1
+                ),
+                position_ids=positions,
+                past_key_values=repeated_for_responses(cache, num_levels),
+                use_cache=False,
+            )
         # logits at t predict response token t: the prefix's last, then the response's own
         logits = torch.cat(
             [prefix.logits[:, -1:].repeat_interleave(num_levels, 0), out.logits[:, :-1]], 1

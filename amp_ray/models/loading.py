@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -34,15 +35,19 @@ def load_model(
     from amp_ray.models.families import family_of
 
     check_attention(options.attn_implementation)
+    quantized = lora is not None and lora.quantize_base is not None
+    placement = {"device_map": {"": device}} if quantized else {}  # bnb quantizes as it places
     model = AutoModelForImageTextToText.from_pretrained(
         path,
         dtype=DTYPES.get(options.dtype, "auto"),
         trust_remote_code=options.trust_remote_code,
         attn_implementation=options.attn_implementation,
+        quantization_config=nf4_config(path, options) if quantized else None,
+        **placement,
     )
     family_of(model)  # an unsupported family stops here, with the supported ones named
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -53,7 +58,61 @@ def load_model(
             target_modules=language_model_modules(model, lora.target_modules),
         )
         model = get_peft_model(model, config)
-    return model.to(device)
+    return model if quantized else model.to(device)
+
+
+def nf4_config(path: str, options: LoadOptions) -> Any:
+    """QLoRA's base (Dettmers et al. 2023): the language model's linear layers in 4-bit NF4 with
+    double quantization, computed in the weights' dtype. The vision tower, the projector and
+    the output head stay as they are: the adapters train the language model only, and the
+    vision side is small next to it."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig
+    from transformers.utils import is_bitsandbytes_available
+
+    if not is_bitsandbytes_available():
+        raise AmpRayError(
+            "lora.quantize_base needs bitsandbytes, which is not installed",
+            hint="pip install 'amp-ray[qlora]' on the training nodes' image",
+        )
+    config = AutoConfig.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+    with torch.device("meta"):  # the module tree only, no weights
+        skeleton = AutoModelForImageTextToText.from_config(
+            config, trust_remote_code=options.trust_remote_code
+        )
+    decoder = f"{module_name(skeleton, skeleton.get_decoder())}."
+    kept = [
+        name
+        for name, module in skeleton.named_modules()
+        if isinstance(module, torch.nn.Linear) and not name.startswith(decoder)
+    ]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES.get(options.dtype, torch.bfloat16),
+        llm_int8_skip_modules=kept,
+    )
+
+
+def merged_lora(model: Any, base: tuple[str, LoadOptions] | None = None) -> Any:
+    """A peft LoRA model merged into its base. A 4-bit base is not merged into (its weights
+    would be dequantized, merged and rounded again): the base is loaded unquantized from
+    `base` (local path, options) and the adapter's weights merged into that."""
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return model.merge_and_unload()
+    if base is None:
+        raise ValueError("merging into a 4-bit base needs the unquantized base's path")
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    config = copy.deepcopy(model.peft_config["default"])
+    full = get_peft_model(load_model(*base), config)
+    set_peft_model_state_dict(full, get_peft_model_state_dict(model))
+    return full.merge_and_unload()
+
+
+def module_name(model: Any, module: Any) -> str:
+    """The name `model.named_modules()` gives `module`."""
+    return next(name for name, candidate in model.named_modules() if candidate is module)
 
 
 def check_attention(implementation: str) -> None:
@@ -85,8 +144,7 @@ def save_model(model: Any, directory: str, state_dict: dict[str, Any] | None = N
 def language_model_modules(model: Any, names: list[str]) -> list[str]:
     """Full names of the language model's modules called one of `names`: LoRA goes there only.
     The vision tower has q/k/v projections too, and AMP's recipe leaves it frozen."""
-    decoder = model.get_decoder()
-    prefix = next(name for name, module in model.named_modules() if module is decoder)
+    prefix = module_name(model, model.get_decoder())
     found = [
         name
         for name, _ in model.named_modules()

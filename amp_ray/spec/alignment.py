@@ -271,13 +271,16 @@ class TrainingSpec(Block):
             raise ValueError(
                 f"loss {self.loss} takes {wanted} levels per item, training on {len(levels)}{hint}"
             )
-        if self.gradient_checkpointing and self.forward == "shared_prefix":
-            raise ValueError(
-                "gradient_checkpointing needs forward: full (transformers drops the KV cache "
-                "that the shared-prefix forward is built on)"
-            )
         if self.lora is not None and self.deepspeed.zero_stage == 3:
             raise ValueError("lora with deepspeed.zero_stage 3 is not supported: use stage 2")
+        quantized = self.lora is not None and self.lora.quantize_base is not None
+        if quantized and self.reference == "precomputed" and self.loss != "sft":
+            # the reference stage scores the unquantized model: at step 0 the margins would be
+            # the quantization error, not 0 (the same reason as reference_dtype_mismatch)
+            raise ValueError(
+                "lora.quantize_base needs reference: in_loop (the reference is then the "
+                "quantized base under the adapters, as in QLoRA DPO)"
+            )
         return self
 
     @model_validator(mode="after")

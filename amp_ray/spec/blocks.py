@@ -281,6 +281,11 @@ class LoraSpec(Block):
     export: Literal["merged", "adapter"] = Field(
         "merged", description="save the merged model, or the adapter alone (peft format)"
     )
+    quantize_base: Literal["nf4"] | None = Field(
+        None,
+        description="QLoRA: the frozen language model in 4-bit NF4 (bitsandbytes, double-quantized"
+        ", computed in the training dtype); a merged export merges into the unquantized base",
+    )
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -321,7 +326,11 @@ class SftRunSpec(Block):
 
 
 class OptimizerSpec(Block):
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
+        "adamw",
+        description="torch's AdamW, or bitsandbytes' 8-bit-state and/or paged AdamW (QLoRA's "
+        "paged_adamw_8bit; paging needs CUDA, elsewhere it runs unpaged)",
+    )
     lr: PositiveFloat = 5e-5
     weight_decay: NonNegativeFloat = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -335,6 +344,20 @@ class ScheduleSpec(Block):
 
 class DeepSpeedSpec(Block):
     zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = Field(
+        False, description="ZeRO-Offload: optimizer states and step on the CPU (stage 1-3)"
+    )
+    offload_params: bool = Field(
+        False, description="ZeRO-Infinity: parameters in CPU memory between uses (stage 3)"
+    )
+
+    @model_validator(mode="after")
+    def _offload_fits_the_stage(self) -> DeepSpeedSpec:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3 (only stage 3 partitions them)")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        return self
 
 
 class ScalingSpec(NodeResources):

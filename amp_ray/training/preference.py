@@ -88,12 +88,30 @@ def set_up_worker(cfg: PreferenceLoopConfig, device: Any) -> WorkerState:
     mode = "shared" if cfg.forward == "shared_prefix" else "full"
     policy, trainable = load_policy(cfg, path, device)
     engine = build_engine(LevelScorer(policy, mode), EngineConfig(**cfg.engine))
-    reference = None
-    if cfg.reference_path is not None:
+    reference: Any = None
+    if cfg.reference_path == cfg.init_path and cfg.lora:
+        # the reference is the policy's base: the adapters switched off, no second model
+        # (and with a 4-bit base the only reference that starts equal to the policy)
+        reference = BaseUnderAdapters(LevelScorer(policy, mode))
+    elif cfg.reference_path is not None:
         frozen = load_model(local_model_path(cfg.reference_path, storage), cfg.load_options, device)
         reference = LevelScorer(frozen.eval().requires_grad_(False), mode)
     processor = load_processor(path, cfg.load_options.trust_remote_code)
     return WorkerState(engine, policy, processor, reference, trainable, storage)
+
+
+class BaseUnderAdapters:
+    """Scores with a peft policy's adapters disabled: its frozen base, the in-loop reference.
+    It runs in the policy's training mode, through the same kernels as the policy's forward
+    (bitsandbytes takes another 4-bit kernel in eval mode), so the margins start at exactly 0;
+    with the adapters off no LoRA dropout runs, and the families' language models have none."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.scorer.model.disable_adapter():
+            return self.scorer(batch)
 
 
 def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +123,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     from amp_ray.cluster.placement import train_worker_device
     from amp_ray.data.levels import level_items
+    from amp_ray.models.store import local_model_path
     from amp_ray.training import worker
     from amp_ray.training.inputs import SetAside, check_step, micro_batches_of, planned_steps
 
@@ -163,6 +182,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
         state.storage,
         state.policy,
         adapter_base,
+        (local_model_path(cfg.init_path, state.storage), cfg.load_options),
     )
     return {"start_step": start_step, "history": history}
 

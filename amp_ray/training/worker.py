@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from amp_ray.models.conversation import Encoded
-from amp_ray.models.loading import save_model
+from amp_ray.models.loading import merged_lora, save_model
+from amp_ray.models.registry import LoadOptions
 from amp_ray.models.store import upload_model_dir
 from amp_ray.spec.blocks import OptimizerSpec, ScheduleSpec
 from amp_ray.storage.location import open_location
@@ -23,7 +24,7 @@ CHECKPOINT_TAG = "checkpoint"
 
 
 def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> Any:
-    """A DeepSpeed engine over `model` with a torch AdamW and a warm-up schedule.
+    """A DeepSpeed engine over `model` with the spec's AdamW and a warm-up schedule.
 
     On CPU DeepSpeed uses its cpu accelerator and the gloo group Ray Train set up; on GPUs NCCL.
     """
@@ -32,16 +33,12 @@ def build_engine(model: torch.nn.Module, cfg: EngineConfig) -> Any:
     torch_optimizer = make_optimizer(model.parameters(), OptimizerSpec(**cfg.optimizer))
     schedule = lr_factor(ScheduleSpec(**cfg.schedule), cfg.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, schedule)
-    config = deepspeed_config(
-        cfg.micro_batch_size,
-        cfg.gradient_accumulation_steps,
-        cfg.max_grad_norm,
-        cfg.zero_stage,
-        cfg.precision,
-    )
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=torch_optimizer, lr_scheduler=scheduler, config=config
+        model=model, optimizer=torch_optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg)
     )
+    # from_pretrained leaves a model in eval mode, where HF skips gradient checkpointing and
+    # dropout (LoRA's included) is off; DeepSpeed does not change the mode
+    engine.train()
     return engine
 
 
@@ -116,10 +113,12 @@ def export_model(
     storage: Any,
     model: Any = None,
     adapter_base: str | None = None,
+    base: tuple[str, LoadOptions] | None = None,
 ) -> None:
     """Save the trained model (`engine.module` unless `model` names the HF model inside it) and
     its processor in HF format under `output_uri/attempt`. A peft model is saved merged, or as
-    its adapter alone when `adapter_base` (the base model's URI) is given.
+    its adapter alone when `adapter_base` (the base model's URI) is given; a 4-bit base is
+    merged by loading `base` (local path, options) unquantized (loading.merged_lora).
 
     Call on every rank: with ZeRO-3 the parameters are gathered collectively; rank 0 writes.
     """
@@ -135,7 +134,7 @@ def export_model(
                     model.peft_config["default"].base_model_name_or_path = adapter_base
                     model.save_pretrained(directory)
                 else:
-                    save_model(model.merge_and_unload(), directory)
+                    save_model(merged_lora(model, base), directory)
                 processor.save_pretrained(directory)
                 upload_model_dir(directory, open_location(output_uri, storage), attempt)
         return
