@@ -145,6 +145,29 @@ def test_qlora_trains_adapters_on_a_4bit_base_against_that_base_and_exports_merg
     assert changed and all("language_model" in name for name in changed)
 
 
+def test_another_family_runs_the_reference_and_train_stages(
+    tmp_path: Path, preference_json: Path
+) -> None:
+    """The stages run any family the adapters know (tests/test_families.py checks the model
+    layer of all six against HF): here Qwen2-VL, the most unlike LLaVA (packed patches, M-RoPE,
+    its own chat template), ~1 min."""
+    from vlm_families import build_tiny
+
+    build_tiny("qwen2_vl", tmp_path / "model", seed=0)
+    spec = training_spec(
+        tmp_path / "run", preference_json, str(tmp_path / "model"), max_steps=2,
+        checkpoint_every=2, scaling={"num_workers": 1, "cpus_per_worker": 1},
+    )  # fmt: skip
+    run_job(validate_spec(spec), echo=lambda _: None)
+    run = RunDir.open(str(tmp_path / "run"))
+    log = run.dataset("train", "log").read_table().to_pylist()
+    first_loss = next(r["value"] for r in log if r["step"] == 1 and r["metric"] == "loss")
+    # the reference stage's log-probs and the training forward agree: the policy starts there
+    assert first_loss == pytest.approx(math.log(2), abs=1e-4)
+    model_dir = tmp_path / "run" / "train" / "models" / "aligned"
+    assert json.loads((model_dir / "_model.json").read_text())["attempt"]
+
+
 # --- what training refuses ---------------------------------------------------------------------
 
 
