@@ -49,6 +49,41 @@ def test_a_bad_spec_exits_2_with_field_paths_and_no_traceback(tmp_path: Path) ->
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+# Every rule a later stage enforces on an earlier stage's output fails validate (and so the start
+# of `amp-ray run`, which validates first) with the key to change named.
+CROSS_STAGE_RULES = {
+    "training K = ranking K": (
+        ["training.num_levels=3", "training.compare.arms.dpo.levels=[0,2]"],
+        "training.num_levels (3) must equal ranking.num_levels (4)",
+    ),
+    "every arm reads the same K": (
+        ["training.compare.arms.dpo.num_levels=3", "training.compare.arms.dpo.levels=[0,2]"],
+        "compare.arms.dpo.num_levels differs from training.num_levels",
+    ),
+    "an arm's levels are in the data": (
+        ["training.compare.arms.dpo.levels=[0,4]"],
+        "compare.arms.dpo: training: Value error, levels [0, 4] must name at least 2",
+    ),
+    "reference dtype = the policy's training dtype": (
+        ["models.tiny_m.dtype=bfloat16"],
+        "models.tiny_m.dtype bfloat16 scores the reference log-probs, but training.precision "
+        "fp32 trains the policy in float32",
+    ),
+    "models named exist": (
+        ["training.policy=expert_xl"],
+        "training.policy refers to model 'expert_xl'",
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", CROSS_STAGE_RULES)
+def test_validate_checks_each_cross_stage_rule_before_any_stage(rule: str) -> None:
+    overrides, message = CROSS_STAGE_RULES[rule]
+    result = amp_ray("validate", "jobs/demo.yaml", *overrides)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+
+
 def test_run_refuses_a_bad_override_before_starting_anything(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "s.yaml", tiny_world_spec(str(tmp_path / "run")))
     result = amp_ray("run", spec, "data.world.splits.sft=many")

@@ -84,27 +84,23 @@ def test_a_reference_in_another_dtype_is_refused_with_the_fixes(tmp_path: Path) 
         check([None], TrainingSpec(policy="base"))
 
 
-def test_online_rounds_refuse_a_reference_dtype_before_the_offline_runs(tmp_path: Path) -> None:
-    from amp_ray.stages.online import OnlineRounds
-    from amp_ray.stages.train import TrainStage
-    from amp_ray.storage.run import RunDir
-
-    job = validate_spec(
-        {
-            "name": "online-dtypes",
-            "stages": ["train"],
-            "storage": {"run_dir": str(tmp_path)},
-            "models": {"base": {"path": "llava-hf/llava-1.5-7b-hf", "dtype": "float32"}},
-            "data": {"source": "parquet", "path": str(tmp_path / "items")},
-            "training": {
-                "policy": "base",
-                "precision": "bf16",
-                "online": {"rounds": 1, "generator": "bdhs"},
-            },
-        }
-    )
-    stage = TrainStage(job, RunDir.open(str(tmp_path)), force=False)
-    rounds = OnlineRounds(stage, source=None, quarantine=None)  # type: ignore[arg-type]
-    stage.ensure_resources = lambda *args, **kwargs: None  # no cluster to ask in this test
-    with pytest.raises(SpecError, match="the online rounds' reference is scored in float32"):
-        rounds.check_fits()
+def test_online_rounds_refuse_a_reference_dtype_when_the_spec_is_read(tmp_path: Path) -> None:
+    """The rounds score their reference in the spec's dtype: refused before any stage runs,
+    even where the offline recipe (here the SFT control) reads no reference."""
+    raw = {
+        "name": "online-dtypes",
+        "stages": ["train"],
+        "storage": {"run_dir": str(tmp_path)},
+        "models": {"base": {"path": "llava-hf/llava-1.5-7b-hf", "dtype": "float32"}},
+        "data": {"source": "parquet", "path": str(tmp_path / "items")},
+        "training": {
+            "policy": "base",
+            "loss": "sft",
+            "precision": "bf16",
+            "online": {"rounds": 1, "generator": "bdhs"},
+        },
+    }
+    with pytest.raises(SpecError, match=r"models\.base\.dtype float32 scores the reference"):
+        validate_spec(raw)
+    raw["training"]["online"]["rounds"] = 0  # no rounds: no reference is read
+    validate_spec(raw)

@@ -82,8 +82,11 @@ def test_cross_field_rules() -> None:
     assert "data: `path` is required when `source` is 'parquet'" in message
     message = problems({**MINIMAL, "data": {"world": {"bias": {"trigger": "square"}}}})
     assert "bias.trigger and bias.partner must differ" in message
-    message = problems({**MINIMAL, "training": {"num_levels": 5}})
-    assert "training.num_levels (5) exceeds" in message
+    trains = {**MINIMAL, "stages": ["data", "rank", "train"]}
+    message = problems({**trains, "training": {"num_levels": 5}})
+    assert "training.num_levels (5) must equal ranking.num_levels (4)" in message
+    # without a train or sweep stage the training block is not read
+    validate_spec({**MINIMAL, "training": {"num_levels": 5}})
 
 
 def test_every_sweep_trial_is_validated_up_front() -> None:

@@ -60,9 +60,7 @@ def load_options(spec: JobSpec, name: str) -> LoadOptions:
 
 def root_model(spec: JobSpec, name: str) -> str:
     """The `models` entry an SFT run chain starts from."""
-    while name in spec.sft.runs:
-        name = spec.sft.runs[name].init
-    return name
+    return spec.root_model(name)
 
 
 def run_in_dependency_order(

@@ -291,6 +291,12 @@ class LoraSpec(Block):
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
 
+def weights_dtype(precision: str) -> str:
+    """The dtype of the weights a run trains: bf16 keeps them in bfloat16; fp16 and fp32 keep
+    float32 master weights (fp16 is autocast)."""
+    return "bfloat16" if precision == "bf16" else "float32"
+
+
 class ModelSpec(Block):
     """A model by Hugging Face hub id, local directory or s3:// URI, or a tiny one built here."""
 

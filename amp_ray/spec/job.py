@@ -15,6 +15,7 @@ from amp_ray.spec.alignment import (
     TrainingSpec,
 )
 from amp_ray.spec.blocks import (
+    PREFERENCE_SOURCES,
     Block,
     DataSpec,
     ModelSpec,
@@ -22,6 +23,7 @@ from amp_ray.spec.blocks import (
     RuntimeSpec,
     SftSpec,
     StorageSpec,
+    weights_dtype,
 )
 
 StageName = Literal[
@@ -93,13 +95,53 @@ class JobSpec(Block):
         return self
 
     @model_validator(mode="after")
-    def _levels_fit(self) -> JobSpec:
-        if self.training.num_levels > self.ranking.num_levels:
+    def _training_fits_what_earlier_stages_make(self) -> JobSpec:
+        """The rules the train stage enforces on earlier stages' output, checked by validate and
+        before the first stage of a run rather than after hours of generation and ranking."""
+        training = self.training
+        if not {"train", "sweep"} & set(self.stages):
+            return self
+        ranked = self.data.source not in PREFERENCE_SOURCES  # imported data: K is the file's
+        if ranked and training.num_levels != self.ranking.num_levels:
             raise ValueError(
-                f"training.num_levels ({self.training.num_levels}) exceeds the levels the ranking "
-                f"stage keeps (ranking.num_levels = {self.ranking.num_levels})"
+                f"training.num_levels ({training.num_levels}) must equal ranking.num_levels "
+                f"({self.ranking.num_levels}): the rank stage keeps exactly that many levels per "
+                "item; to train on fewer, keep K and choose them with training.levels"
             )
+        for arm in training.compare.arms:
+            if training.arm(arm).num_levels != training.num_levels:
+                raise ValueError(
+                    f"compare.arms.{arm}.num_levels differs from training.num_levels: every "
+                    f"arm reads the same data; choose its levels with compare.arms.{arm}.levels"
+                )
+        self._reference_dtype_fits()
         return self
+
+    def _reference_dtype_fits(self) -> None:
+        """Stored reference log-probs are scored in the reference entry's dtype: where the spec
+        names it, it must be the dtype the policy trains in (stages/train.check_reference_dtype
+        checks the scored data itself)."""
+        training = self.training
+        recipes = [training] + [training.arm(arm) for arm in training.compare.arms]
+        recipes += [training.online_recipe()] if training.online.rounds else []
+        stored = any(r.loss != "sft" and r.reference == "precomputed" for r in recipes)
+        entry = self.root_model(str(self.reference.model or training.policy))
+        dtype = self.models[entry].dtype if entry in self.models else "auto"
+        trains_in = weights_dtype(training.precision)
+        allowed = training.reference_dtype_mismatch == "allow"
+        if not stored or allowed or dtype in ("auto", trains_in):
+            return
+        raise ValueError(
+            f"models.{entry}.dtype {dtype} scores the reference log-probs, but training.precision "
+            f"{training.precision} trains the policy in {trains_in}: set models.{entry}.dtype: "
+            f"{trains_in}, or training.reference_dtype_mismatch: allow"
+        )
+
+    def root_model(self, name: str) -> str:
+        """The `models` entry an SFT run chain starts from (`name` itself for a model)."""
+        while name in self.sft.runs:
+            name = self.sft.runs[name].init
+        return name
 
     @model_validator(mode="after")
     def _online_rounds_can_run(self) -> JobSpec:

@@ -319,15 +319,9 @@ class OnlineRounds:
 
     def check_fits(self) -> None:
         """Before the offline runs: the rounds' pools can run here, or the cluster can grow to
-        them (a small Ray hangs on too many CPUs instead of failing), and a reference whose spec
-        dtype differs from the round's training precision is refused now, not after a round."""
-        from amp_ray.stages.train import check_reference_dtype
-
+        them (a small Ray hangs on too many CPUs instead of failing). (A reference whose spec
+        dtype differs from the rounds' precision is refused by the spec, JobSpec's rules.)"""
         self.stage.ensure_resources(self.pool_requests(), spare_cpus=SPARE_CPUS_FOR_TASKS)
-        scorer = reference_entry(self.spec)
-        dtype = load_options(self.spec, scorer).dtype
-        if self._scores_reference and dtype != "auto":
-            check_reference_dtype({dtype}, self.recipe, "the online rounds' reference", scorer)
 
 
 def rounds_summary(run_dir: RunDir, training: Any, log: pa.Table) -> list[str]:

@@ -393,7 +393,7 @@ def check_reference_dtype(
     """Refuse reference log-probs scored in another dtype than the policy trains in: the DPO
     margins would start off zero by the precision gap alone. `scorer`: the `models` entry whose
     dtype the reference loads in."""
-    from amp_ray.training.optim import weights_dtype
+    from amp_ray.spec.blocks import weights_dtype
 
     trains_in = weights_dtype(training.precision)
     if scored <= {trains_in} or training.reference_dtype_mismatch == "allow":

@@ -127,9 +127,3 @@ def deepspeed_config(cfg: EngineConfig) -> dict[str, Any]:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-
-
-def weights_dtype(precision: str) -> str:
-    """The dtype of the weights a run trains: bf16 keeps them in bfloat16; fp16 and fp32 keep
-    float32 master weights (fp16 is autocast)."""
-    return "bfloat16" if precision == "bf16" else "float32"

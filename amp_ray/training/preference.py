@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from amp_ray.models.registry import LoadOptions
-from amp_ray.spec.blocks import LoraSpec, StorageSpec
+from amp_ray.spec.blocks import LoraSpec, StorageSpec, weights_dtype
 from amp_ray.training.objective import Objective
-from amp_ray.training.optim import EngineConfig, weights_dtype
+from amp_ray.training.optim import EngineConfig
 
 HISTORY_FILE = "history.json"  # every logged window's metrics, kept in each checkpoint
 

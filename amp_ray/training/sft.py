@@ -15,8 +15,8 @@ import torch
 from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
 from amp_ray.models.registry import LoadOptions
-from amp_ray.spec.blocks import StorageSpec
-from amp_ray.training.optim import EngineConfig, weights_dtype
+from amp_ray.spec.blocks import StorageSpec, weights_dtype
+from amp_ray.training.optim import EngineConfig
 
 
 @dataclass(frozen=True)
