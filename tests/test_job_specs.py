@@ -143,7 +143,11 @@ def _without(raw: dict[str, Any], paths: list[str]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("name", "own"),
     [
-        ("demo_seeds.yaml", ["name", "stages", "sweep"]),
+        # the sweep sets each trial's seed and evaluates each trial's models
+        (
+            "demo_seeds.yaml",
+            ["name", "stages", "sweep", "training.compare.seeds", "evaluation.models"],
+        ),
         (
             "sweep_beta_k.yaml",
             ["name", "stages", "sweep", "storage.run_dir", "training.compare", "evaluation.models"],

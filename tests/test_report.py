@@ -146,7 +146,7 @@ def test_the_plots_are_png_files(report) -> None:
 def test_headline_cells_are_the_datasets_values_evaluate_over_train_over_sft(report) -> None:
     run, paths = report
     values = expected(run)
-    header, rows = md_table(Path(paths.markdown).read_text(), "## Headline")
+    header, rows = md_table(Path(paths.markdown).read_text(), "## Every headline metric, by model")
     assert header[:2] == ["run", "model"]
     titles = header[2:]
     # the headline columns come in HEADLINE's order, each with a split the data has
@@ -219,7 +219,7 @@ def test_two_runs_keep_their_models_apart(tmp_path: Path) -> None:
     first = make_run(tmp_path / "a")
     second = make_run(tmp_path / "b", log=False)
     paths = write_report([str(first), str(second)], str(tmp_path / "out"))
-    _, rows = md_table(Path(paths.markdown).read_text(), "## Headline")
+    _, rows = md_table(Path(paths.markdown).read_text(), "## Every headline metric, by model")
     assert [(r[0], r[1]) for r in rows][:5] == [
         ("a", "base"),
         ("a", "sft"),
@@ -261,6 +261,63 @@ def test_the_terminal_headline_shows_the_evaluated_models_one_column_per_metric(
     assert "MRHal_hal = mrhal/hallucination_rate_cumulative (mean over eval_control, eval_iid)" in (
         legend
     )
+
+
+def test_the_report_opens_with_the_terminal_headline(report) -> None:
+    _, paths = report
+    text = Path(paths.markdown).read_text()
+    assert text.index("## Headline") < text.index("## Runs") < text.index("## Every headline")
+    header, rows = md_table(text, "## Headline")
+    assert header[0] == "model" and "CHAIR_i" in header and len(header) <= 10
+    assert [row[0] for row in rows] == ["mdpo-s0", "dpo-s0"]  # the evaluated models
+
+
+def seeds_run(path: Path) -> RunDir:
+    """base, and mdpo and a control at seeds 0-2, every metric but two alike."""
+    run = RunDir.open(str(path))
+    cooccur = {"mdpo": (0.30, 0.34, 0.32), "control": (0.40, 0.41, 0.42)}
+    chair_i = {"mdpo": (0.10, 0.20, 0.15), "control": (0.15, 0.12, 0.16)}
+    rows = world("base", 0.3, 0.5)
+    runs = []
+    for arm in ("mdpo", "control"):
+        for seed in range(3):
+            model = f"{arm}-seed{seed}"
+            for row in world(model, chair_i[arm][seed], 0.2):
+                if row["metric"] == "partner_rate":
+                    row["value"] = cooccur[arm][seed]
+                rows.append(row)
+            runs.append(dict(model=model, arm=arm, seed=seed, steps=2, budget="steps"))
+    write(run, "evaluate", "metrics", "metrics", rows)
+    runs = [{**r, "step_seconds": 0.1, "final_loss": 0.5} for r in runs]
+    write(run, "train", "runs", "training_runs", runs)
+    return run
+
+
+def test_recipes_over_seeds_show_mean_sd_and_paired_differences_with_intervals(
+    tmp_path: Path,
+) -> None:
+    run = seeds_run(tmp_path / "seeds")
+    lines = headline_lines([str(run.uri)])
+    summary = lines[: lines.index("")]  # then the paired differences
+    table = {line.split()[0]: line.split()[1:] for line in summary}
+    assert table["recipe"][:3] == ["seeds", "cooccur", "CHAIR_i"]
+    assert table["base"][:3] == ["1", "0.400", "0.300"]
+    assert table["mdpo"][:3] == ["3", "0.320±0.020", "0.150±0.050"]
+    assert table["control"][:2] == ["3", "0.410±0.010"]
+    # mdpo − control per seed: cooccur −0.10, −0.07, −0.10: mean −0.090, sd 0.01732;
+    # t(0.975, 2) = 4.3027: half-width 4.3027 · 0.01732 / √3 = 0.043, outside noise.
+    # CHAIR_i −0.05, +0.08, −0.01: mean +0.007, an interval around 0: within noise (~)
+    difference = next(line.split() for line in lines if line.startswith("mdpo − control"))
+    assert difference[3:5] == ["-0.090±0.043", "+0.007±0.165~"]
+    text = Path(write_report([str(run.uri)], str(tmp_path / "out")).markdown).read_text()
+    header, rows = md_table(text, "## Headline")
+    assert header[:3] == ["recipe", "seeds", "cooccur"] and rows[1][:3] == [
+        "mdpo",
+        "3",
+        "0.320±0.020",
+    ]
+    assert "| mdpo − control | -0.090±0.043 | +0.007±0.165~ |" in text
+    assert "within noise" in text
 
 
 def test_many_models_are_drawn_as_arm_means(tmp_path: Path) -> None:

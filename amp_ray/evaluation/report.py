@@ -33,8 +33,15 @@ from amp_ray.evaluation.report_blocks import (
     fmt,
     split_matches,
 )
+from amp_ray.evaluation.report_seeds import (
+    LEGEND,
+    over_seeds,
+    paired_table,
+    seed_lines,
+    summary_table,
+)
 from amp_ray.evaluation.report_sweep import PLOT, SweepData, read_sweep, sweep_blocks
-from amp_ray.evaluation.report_terminal import terminal_lines
+from amp_ray.evaluation.report_terminal import model_table, terminal_columns, terminal_lines
 from amp_ray.storage.location import Location, open_location
 from amp_ray.storage.run import RunDir
 
@@ -83,6 +90,7 @@ class ReportData:
     shadowed: list[tuple[Metric, Metric]] = field(default_factory=list)  # (shown, hidden)
     log: list[dict[str, Any]] = field(default_factory=list)  # train/log rows, models labelled
     arms: dict[str, str] = field(default_factory=dict)  # model label -> arm, from train/runs
+    seeds: dict[str, int] = field(default_factory=dict)  # model label -> its training seed
     read: dict[str, list[str]] = field(default_factory=dict)  # run label -> datasets read
     sweeps: dict[str, SweepData] = field(default_factory=dict)  # run label -> its sweep
 
@@ -197,11 +205,13 @@ def _read_training(data: ReportData, label: str, run: RunDir) -> None:
     runs = run.dataset("train", "runs")
     if runs.exists:
         data.read[label].append("train/runs")
-        for row in runs.read_table(["model", "arm", "budget"]).to_pylist():
+        for row in runs.read_table(["model", "arm", "seed", "budget"]).to_pylist():
             arm = row["arm"] or row["model"]
             if row["budget"] == "time":  # the equal-time runs of an arm are a recipe apart
                 arm = f"{arm} (equal time)"
             data.arms[data.label(label, row["model"])] = data.label(label, arm)
+            if row["seed"] is not None:
+                data.seeds[data.label(label, row["model"])] = row["seed"]
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -331,14 +341,40 @@ def long_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
 
 def headline_lines(runs: Sequence[str], storage: Any = None) -> list[str]:
     """The headline table as fixed-width lines for the terminal."""
-    return terminal_lines(load(runs, storage))
+    return terminal_headline(load(runs, storage))
+
+
+def terminal_headline(data: ReportData) -> list[str]:
+    """Per recipe over its seeds where some recipe has several, else per model."""
+    return seed_lines(data) if over_seeds(data) else terminal_lines(data)
+
+
+def compact_headline(data: ReportData) -> list[Block]:
+    """What a reader sees first: the terminal's headline (report_terminal, report_seeds)."""
+    if not terminal_columns(data):
+        return [Para("No headline metric in these runs.")]
+    if not over_seeds(data):
+        header, rows, legend = model_table(data)
+        return [Table(header, rows), Para(legend)]
+    columns = terminal_columns(data)
+    legend = "; ".join(c.legend for c in columns)
+    blocks: list[Block] = [Table(*summary_table(data, columns))]
+    header, rows = paired_table(data, columns)
+    if rows:
+        blocks += [
+            Para("Differences between recipes, paired by training seed:"),
+            Table(header, rows),
+        ]
+    return [*blocks, Para(f"{LEGEND}. {legend}")]
 
 
 # -- the document -----------------------------------------------------------------------------
 
 
 def document(data: ReportData, figures: list[plots.Plot]) -> list[Block]:
-    blocks: list[Block] = [Heading(1, "amp-ray report"), Heading(2, "Runs")]
+    blocks: list[Block] = [Heading(1, "amp-ray report"), Heading(2, "Headline")]
+    blocks += compact_headline(data)
+    blocks += [Heading(2, "Runs")]
     blocks.append(
         Items(
             [
@@ -347,16 +383,14 @@ def document(data: ReportData, figures: list[plots.Plot]) -> list[Block]:
             ]
         )
     )
-    columns = headline_columns(data)
-    blocks += [Heading(2, "Headline"), Para(PRECEDENCE_NOTE)]
-    if columns:
-        blocks.append(Table(*headline_table(data, columns)))
-        blocks.append(Para("Columns: " + "; ".join(f"{c.label} = {c.title}" for c in columns)))
-    else:
-        blocks.append(Para("No headline metric in these runs."))
     sweep_drawn = any(f.name == PLOT and f.png is not None for f in figures)
     blocks += sweep_blocks(data.sweeps, sweep_drawn)
     blocks += plot_blocks([f for f in figures if f.name != PLOT])
+    columns = headline_columns(data)
+    if columns:
+        blocks += [Heading(2, "Every headline metric, by model"), Para(PRECEDENCE_NOTE)]
+        blocks.append(Table(*headline_table(data, columns)))
+        blocks.append(Para("Columns: " + "; ".join(f"{c.label} = {c.title}" for c in columns)))
     tables = benchmark_tables(data)
     if tables:
         blocks.append(Heading(2, "Every metric, by benchmark"))
@@ -486,7 +520,7 @@ def write_report(runs: list[str], out: str, storage: Any = None) -> ReportPaths:
         html=page.uri,
         images=images,
         skipped={f.name: f.skipped for f in drawn if f.skipped is not None},
-        headline=terminal_lines(data) + sweep_lines(data),
+        headline=terminal_headline(data) + sweep_lines(data),
     )
 
 

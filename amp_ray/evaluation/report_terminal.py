@@ -94,9 +94,16 @@ def failed_total(data: ReportData, run: str, model: str) -> int:
 
 
 def terminal_lines(data: ReportData) -> list[str]:
-    columns = terminal_columns(data)
-    if not columns:
+    if not terminal_columns(data):
         return [f"no headline metrics in {', '.join(data.runs.values())}"]
+    header, rows, legend = model_table(data)
+    return fixed_width(header, rows) + wrapped(legend)
+
+
+def model_table(data: ReportData) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows, legend) of the compact headline: one row per shown model, one column per
+    headline metric, the failed items' count where some failed."""
+    columns = terminal_columns(data)
     pairs = rows_shown(data)
     table = [[fmt(c.metric, value(data, run, model, c)) for c in columns] for run, model in pairs]
     labels = [c.label for c in columns]
@@ -105,17 +112,22 @@ def terminal_lines(data: ReportData) -> list[str]:
         labels.append(FAILED)
         table = [[*row, str(n)] for row, n in zip(table, failed, strict=True)]
     names = [data.label(run, model) for run, model in pairs]
-    width = max(len("model"), *(len(name) for name in names))
-    widths = [max(7, len(label)) for label in labels]
-    lines = [
-        f"{'model':<{width}}" + "".join(f" {x:>{w}}" for x, w in zip(labels, widths, strict=True))
-    ]
-    for name, cells in zip(names, table, strict=True):
-        lines.append(
-            f"{name:<{width}}" + "".join(f" {v:>{w}}" for v, w in zip(cells, widths, strict=True))
-        )
     legend = "; ".join(c.legend for c in columns)
     if any(failed):
         legend += "; failed = items that could not be answered or judged"
-    lines += textwrap.wrap(legend, 100, initial_indent="  ", subsequent_indent="  ")
-    return lines
+    return ["model", *labels], [[n, *c] for n, c in zip(names, table, strict=True)], legend
+
+
+def fixed_width(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A table as aligned lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    widths[1:] = [max(7, w) for w in widths[1:]]
+    return [
+        f"{row[0]:<{widths[0]}}"
+        + "".join(f" {x:>{w}}" for x, w in zip(row[1:], widths[1:], strict=True))
+        for row in [header, *rows]
+    ]
+
+
+def wrapped(text: str) -> list[str]:
+    return textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="  ")
