@@ -33,4 +33,15 @@ echo "torch==$torch_version" > "$venv/torch-constraint.txt"
 echo "amp-ray install: installing amp-ray[dev] (pinned by constraints.txt)"
 "${pip[@]}" -c "$here/constraints.txt" -c "$venv/torch-constraint.txt" -e "$here[dev]"
 "$py" -m pip check
+
+# DeepSpeed's CPU backend loads a shared-memory collective op (deepspeed_shm_comm) that it
+# compiles with g++ the first time a training run starts (a silent minute inside the first
+# stage). Build it now, into torch's extension cache, so that the first run costs what the
+# second does. GPU nodes (NCCL) load no such op.
+if "$py" -c 'import sys, torch; sys.exit(torch.cuda.is_available())'; then
+  echo "amp-ray install: building DeepSpeed's CPU communication op (once)"
+  DS_ACCELERATOR=cpu "$py" -c 'from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)' \
+    > "$venv/deepspeed-op-build.log" 2>&1 \
+    || echo "amp-ray install: could not build it (see $venv/deepspeed-op-build.log); DeepSpeed will try at the first run"
+fi
 touch "$venv/.amp-ray-installed"
