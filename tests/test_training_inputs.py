@@ -111,3 +111,25 @@ def test_a_worker_reads_only_the_rows_its_plan_names(tmp_path: Path) -> None:
         assert row["length"] == int(row["item_id"][-3:]) + 1 == len(row["input_ids"])
     total = sum(entry.size_bytes for entry in dataset.manifest.files)
     assert 12 * 1000 < sum(read.column("stored_bytes").to_pylist()) < total / 3
+
+
+@pytest.mark.timeout(120)  # the old way never returned
+@pytest.mark.usefixtures("ray_session")
+def test_the_plan_becomes_a_dataset_while_workers_hold_all_but_a_fraction_of_a_cpu() -> None:
+    """Two 0.75-CPU training runs leave 0.5 of the 2 CPUs: the plan's dataset must not wait on
+    a 1-CPU task (ray.data.from_arrow ran one per block, and the demo's SFT hung there)."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from amp_ray.training.inputs import plan_dataset
+
+    held = placement_group([{"CPU": 0.75}, {"CPU": 0.75}])
+    ray.get(held.ready(), timeout=60)
+    try:
+        plan = make_plan(indexed(24, 10), seed=0, global_batch=8, steps=3, micro_batch_size=4)
+        dataset = plan_dataset(plan, 8)
+        assert dataset.num_blocks() == 3  # one global batch a block
+        blocks = [ray.get(ref, timeout=60) for ref in dataset.get_internal_block_refs()]
+        assert [block.num_rows for block in blocks] == [8, 8, 8]
+    finally:
+        remove_placement_group(held)

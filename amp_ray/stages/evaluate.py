@@ -147,7 +147,7 @@ class EvaluateStage(Stage):
                 benchmark, file.path, file.image_root, self.spec.storage, file.labels
             )
             quarantine.write_table(bad)
-            parts.append(ray.data.from_arrow(good))
+            parts.append(ray.data.from_blocks([good]))  # no 1-CPU metadata task (inputs.py)
         world = self._world_benchmarks()
         if world:
             items = self.run_dir.dataset("data", "items").read_ray()

@@ -127,7 +127,7 @@ class Dataset:
 
         paths = self.file_paths()
         if not paths:
-            return ray.data.from_arrow(self.manifest.arrow_schema.empty_table())
+            return ray.data.from_blocks([self.manifest.arrow_schema.empty_table()])
         from amp_ray.runtime import LIGHT_TASK_CPUS
 
         read_args.setdefault("ray_remote_args", {"num_cpus": LIGHT_TASK_CPUS})

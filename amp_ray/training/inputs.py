@@ -268,7 +268,9 @@ def plan_dataset(plan: pa.Table, global_batch: int) -> Any:
     import ray.data
 
     blocks = [plan.slice(start, global_batch) for start in range(0, plan.num_rows, global_batch)]
-    return ray.data.from_arrow(blocks or [plan])
+    # from_blocks reads the blocks' metadata here; from_arrow would run a 1-CPU task per block,
+    # which waits for ever where training workers hold all but a fraction of a CPU
+    return ray.data.from_blocks(blocks or [plan])
 
 
 @dataclass(frozen=True)
