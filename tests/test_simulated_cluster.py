@@ -16,6 +16,7 @@ work that gets it computes on the CPU and says so (cluster/placement.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -193,9 +194,12 @@ def lose_node(node_id: str) -> None:
     """Kill one simulated node as a lost machine goes: its raylet and every worker under it."""
     for process in psutil.process_iter(["cmdline"]):
         if f"--node_id={node_id}" in (process.info["cmdline"] or ()):
-            for child in process.children(recursive=True):
-                child.kill()
-            process.kill()
+            # Kill the raylet first so it starts no new worker, then whatever is left under it;
+            # a worker may end on its own between listing and killing.
+            children = process.children(recursive=True)
+            for doomed in (process, *children):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    doomed.kill()
             return
     raise AssertionError(f"no raylet of node {node_id}")
 
