@@ -234,32 +234,43 @@ class RankShards(DataConfig):
             raise SpecError(
                 f"a global batch of {self.global_batch} does not split over {world_size} workers"
             )
-        share, source = self.global_batch // world_size, self.source
-        light = {"batch_format": "pyarrow", "num_cpus": 0.25}
+        import ray.data
+
+        share = self.global_batch // world_size
         shards = []
         for rank in range(world_size):
             dataset = datasets["train"].map_batches(
-                rows_of_rank, fn_kwargs={"rank": rank, "share": share}, **light
-            )
-            dataset = dataset.map_batches(
-                read_planned_rows,
-                fn_kwargs={"files": source.files, "storage": source.storage},
-                **light,
-            )
-            dataset = dataset.map_batches(
-                image_inputs_of,
-                fn_kwargs={
-                    "processor_path": source.processor_path,
-                    "storage": source.storage,
-                    "trust_remote_code": source.trust_remote_code,
-                },
+                RankInputs,
+                fn_constructor_kwargs={"rank": rank, "share": share, "source": self.source},
+                compute=ray.data.ActorPoolStrategy(size=1),
+                num_cpus=self.source.input_cpus,
+                batch_size=None,  # one block, one global batch, at a time
                 batch_format="pyarrow",
-                num_cpus=source.input_cpus,
             )
             # the worker's micro-batches come in plan order (the driver's limits kept)
             dataset.context.execution_options.preserve_order = True
             shards.append({"train": dataset.iterator()})
         return shards
+
+
+class RankInputs:
+    """Ray Data callable class, one actor per worker's pipeline: a global batch of the plan ->
+    worker `rank`'s stored rows, in plan order, with their pixel inputs. An actor and not tasks:
+    a task of a fraction of a CPU could start in a fresh worker process, which imported torch
+    and loaded the processor again (seconds, on every few steps, beside the training on the
+    same cores); the actor loads them once for the run."""
+
+    def __init__(self, rank: int, share: int, source: InputSource) -> None:
+        self.rank, self.share, self.source = rank, share, source
+        _processor(source.processor_path, source.storage, source.trust_remote_code)
+
+    def __call__(self, plan: pa.Table) -> pa.Table:
+        source = self.source
+        rows = rows_of_rank(plan, self.rank, self.share)
+        stored = read_planned_rows(rows, source.files, source.storage)
+        return image_inputs_of(
+            stored, source.processor_path, source.storage, source.trust_remote_code
+        )
 
 
 def plan_dataset(plan: pa.Table, global_batch: int) -> Any:
