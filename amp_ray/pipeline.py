@@ -8,6 +8,7 @@ the changed keys, so an existing run directory is not mixed with a different con
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,8 @@ from amp_ray.spec import PIPELINE, JobSpec
 from amp_ray.stages import STAGES
 from amp_ray.stages.base import Stage, StageCounts, StageReport
 from amp_ray.storage import RunDir, StageRecord
+
+TRAINING_STAGES = frozenset({"sft", "train"})  # they show Ray Train's progress
 
 
 def select_stages(spec: JobSpec, only: Sequence[str] = ()) -> list[str]:
@@ -58,7 +61,7 @@ def run_job(
             _check_joined_cluster(spec, names, run)
         echo(f"amp-ray: run {spec.name} in {run.uri}: stages {', '.join(names)}")
         for stage in stages:
-            report = _run_stage(stage, run, ray_session, force)
+            report = _run_stage(stage, run, ray_session, force, echo)
             echo(report.line())
             if report.status != "skipped":
                 for line in stage.summary():
@@ -108,7 +111,9 @@ def _check_inputs_available(stages: list[Stage], run: RunDir) -> None:
                 )
 
 
-def _run_stage(stage: Stage, run: RunDir, ray_session: RaySession, force: bool) -> StageReport:
+def _run_stage(
+    stage: Stage, run: RunDir, ray_session: RaySession, force: bool, echo: Callable[[str], None]
+) -> StageReport:
     config = stage.config()
     inputs = stage.input_versions()
     previous = run.record(stage.name)
@@ -124,7 +129,7 @@ def _run_stage(stage: Stage, run: RunDir, ray_session: RaySession, force: bool) 
             return StageReport(stage.name, "skipped", 0, previous.report["rows_out"], 0, 0.0)
     ray_session.ensure()
     started = time.perf_counter()
-    counts, placements = _run_placed(stage, run)
+    counts, placements = _run_placed(stage, run, echo)
     seconds = time.perf_counter() - started
     status = "done" if previous is None else "redone"
     report = StageReport(
@@ -136,19 +141,27 @@ def _run_stage(stage: Stage, run: RunDir, ray_session: RaySession, force: bool) 
     return report
 
 
-def _run_placed(stage: Stage, run: RunDir) -> tuple[StageCounts, list[dict]]:
+def _run_placed(
+    stage: Stage, run: RunDir, echo: Callable[[str], None]
+) -> tuple[StageCounts, list[dict]]:
     """Run the stage with a placement log that its actors and workers report to (where each
     ran, on which device), and withdraw its resource requests when it ends, however it ends."""
     from amp_ray import runtime
     from amp_ray.cluster import capacity, placement
+    from amp_ray.training.tracking import progress_lines
 
     runtime.placement_log = placement.log_name(run.uri, stage.name)
     log = placement.open_log(runtime.placement_log)
     try:
-        counts = stage.run()
+        # the stages that run Ray Train print its progress (training/tracking.py)
+        training = stage.name in TRAINING_STAGES
+        lines = progress_lines(echo) if training else contextlib.nullcontext()
+        with lines as runtime.progress_queue:
+            counts = stage.run()
         return counts, placement.take(log)
     finally:
         runtime.placement_log = None
+        runtime.progress_queue = None
         placement.stop(log)
         capacity.release(stage.name)
 

@@ -211,6 +211,8 @@ def batched(items: list[Any], size: int) -> list[list[Any]]:
 # The stage's placement log (cluster/placement.py), set by the driver around each stage: the
 # actor pools started meanwhile record where they run in it.
 placement_log: str | None = None
+# The running stage's queue of training progress lines (training/tracking.py), or None.
+progress_queue: Any = None
 
 
 class PoolActor:

@@ -144,6 +144,11 @@ def test_the_policy_trains_on_them_and_is_checked_before_and_after(trained_run: 
     assert {r["metric"] for r in log if r["model"] == "control-seed0"} >= {"nll", "loss"}
     assert "accuracy/0-3" in {r["metric"] for r in log if r["model"] == "aligned"}
     shown = [line.strip() for line in lines]
+    # each run shows its progress while it runs, and leaves TensorBoard files in the run dir
+    assert "[train] aligned: step 2/2 (100%)" in {line.split(",")[0] for line in shown}
+    for model in ("aligned", "control-seed0"):
+        board = trained_run / "train" / "tensorboard" / model
+        assert any(path.name.startswith("events.out.tfevents") for path in board.iterdir())
     table = shown.index("world check before and after training (mean ± sd over seeds):")
     assert shown[table + 2].startswith("expert_s (before)")
     assert any(line.startswith("difference to control, paired by seed") for line in shown)

@@ -83,6 +83,25 @@ class RuntimeSpec(Block):
     )
 
 
+class MlflowSpec(Block):
+    """An MLflow tracking server that training runs log their metrics to."""
+
+    tracking_uri: str = Field(description="e.g. http://mlflow.internal:5000 or databricks")
+    experiment: str | None = Field(None, description="default: the job's name")
+
+
+class TrackingSpec(Block):
+    """What training runs show while they run (training/tracking.py)."""
+
+    progress: bool = Field(True, description="a progress line per logged window")
+    tensorboard: bool = Field(
+        True, description="event files under <stage>/tensorboard/<run> in the run directory"
+    )
+    mlflow: MlflowSpec | None = Field(
+        None, description="log to this MLflow server too (pip install amp-ray[tracking])"
+    )
+
+
 class NodeResources(Block):
     """Where work may be placed: Ray's accelerator types and custom node resources.
 

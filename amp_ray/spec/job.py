@@ -23,6 +23,7 @@ from amp_ray.spec.blocks import (
     RuntimeSpec,
     SftSpec,
     StorageSpec,
+    TrackingSpec,
     weights_dtype,
 )
 
@@ -44,6 +45,7 @@ class JobSpec(Block):
     storage: StorageSpec
     resources: ResourcesSpec = ResourcesSpec()
     runtime: RuntimeSpec = RuntimeSpec()
+    tracking: TrackingSpec = TrackingSpec()
     data: DataSpec = DataSpec()
     models: dict[Name, ModelSpec] = {}
     sft: SftSpec = SftSpec()

@@ -75,6 +75,30 @@ class Stage(ABC):
         """Lines printed under the stage's summary line (a table of what it made), if any."""
         return []
 
+    def training_tracker(self, run: str, steps: int) -> Any:
+        """The Ray Train callback of training run `run` (training/tracking.py): its progress
+        lines, TensorBoard files under <stage>/tensorboard/<run>, MLflow, as `tracking:` says."""
+        from amp_ray import runtime
+        from amp_ray.training.tracking import TENSORBOARD, TrainingTracker
+
+        tracking = self.spec.tracking
+        board = self.run_dir.location.join(self.name, TENSORBOARD, run)
+        mlflow = tracking.mlflow
+        return TrainingTracker(
+            stage=self.name,
+            run=run,
+            total_steps=steps,
+            tensorboard_uri=board.uri if tracking.tensorboard else None,
+            storage=self.spec.storage.model_dump(),
+            mlflow={
+                "tracking_uri": mlflow.tracking_uri,
+                "experiment": mlflow.experiment or self.spec.name,
+            }
+            if mlflow
+            else None,
+            progress=runtime.progress_queue if tracking.progress else None,
+        )
+
     def ensure_resources(self, requests: list[ResourceRequest], spare_cpus: float = 0.0) -> None:
         """Return once the cluster can run `requests` at once; on an autoscaling cluster ask for
         them and wait up to runtime.resource_wait_s (cluster/capacity.py)."""

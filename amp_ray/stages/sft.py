@@ -237,7 +237,10 @@ class SftStage(Stage):
         )
         storage = self.run_dir.location.join(self.name, "ray")
         self.ensure_resources([workers_request("sft.scaling", sft.scaling, f"training {name}")])
-        result = fit(sft_loop, config.to_dict(), sft.scaling, name, storage, inputs)
+        tracker = self.training_tracker(name, run.steps)
+        result = fit(
+            sft_loop, config.to_dict(), sft.scaling, name, storage, inputs, tracker=tracker
+        )
         commit_model(location, attempt, {"settings": settings, "final": dict(result.metrics or {})})
         return inputs.num_items
 

@@ -257,6 +257,7 @@ class TrainStage(Stage):
             f"{run.model}-{fingerprint(settings, {})}",
             self.run_dir.location.join(self.name, "ray"),
             inputs=self._inputs(encoded, recipe, config["engine"]),
+            tracker=self.training_tracker(run.model, config["engine"]["steps"]),
         )
         history = _history(result)
         set_aside = set_aside_rows(result.checkpoint)

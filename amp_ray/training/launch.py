@@ -18,13 +18,15 @@ def fit(
     storage: Location,
     inputs: PlannedInputs,
     max_failures: int = 2,
+    tracker: Any = None,
 ) -> Any:
     """Run `loop` on `scaling.num_workers` Ray Train workers; returns the ray.train Result.
 
     Each worker streams its own share of `inputs` (training/inputs.py) as its "train" dataset
     shard. Checkpoints go to `storage/name`. Re-running with the same name and storage resumes
     from the latest checkpoint there (Train V2 has no resume_from_checkpoint argument); a worker
-    that dies is restarted from it up to `max_failures` times.
+    that dies is restarted from it up to `max_failures` times. `tracker` (a Ray Train callback,
+    training/tracking.py) shows and records every logged window.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -52,6 +54,7 @@ def fit(
             storage_path=storage.path,
             storage_filesystem=None if storage.is_local else storage.arrow_fs,
             failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=[tracker] if tracker is not None else None,
             # the workers report where they run to the stage's placement log
             worker_runtime_env={"env_vars": {ENV_LOG: runtime.placement_log or ""}},
         ),
