@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from amp_ray.cli import main
-from amp_ray.evaluation.report import HEADLINE, headline_lines, write_report
+from amp_ray.evaluation.report import HEADLINE, headline_lines, load, write_report
+from amp_ray.evaluation.report_plots import headline_panels
 from amp_ray.spec.blocks import StorageSpec
 from amp_ray.storage import RunDir, open_location
 from amp_ray.storage.schemas import SCHEMAS
@@ -131,7 +132,7 @@ def test_the_plots_are_png_files(report) -> None:
     assert set(paths.images) == {
         "training_loss",
         "pair_accuracy",
-        "hallucination_rate",
+        "headline_metrics",
         "score_by_type",
     }
     assert not paths.skipped
@@ -208,7 +209,7 @@ def test_a_run_without_train_log_skips_the_training_plots(tmp_path: Path) -> Non
     run = make_run(tmp_path / "plain", log=False)
     paths = write_report([str(run)], str(tmp_path / "out"))
     assert set(paths.skipped) == {"training_loss", "pair_accuracy"}
-    assert set(paths.images) == {"hallucination_rate", "score_by_type"}
+    assert set(paths.images) == {"headline_metrics", "score_by_type"}
     text = Path(paths.markdown).read_text()
     assert "Training loss: skipped, no train/log in plain" in text
     assert "Reward accuracy per level pair: skipped, no train/log in plain" in text
@@ -318,6 +319,15 @@ def test_recipes_over_seeds_show_mean_sd_and_paired_differences_with_intervals(
     ]
     assert "| mdpo − control | -0.090±0.043 | +0.007±0.165~ |" in text
     assert "within noise" in text
+    # the headline plot: one panel per metric, every recipe on it with its seeds' values
+    panels = dict(headline_panels(load([str(run.uri)])))
+    cooccur = next(bars for legend, bars in panels.items() if legend.startswith("cooccur ="))
+    assert cooccur == [
+        ("base", [0.4]),
+        ("mdpo", pytest.approx([0.30, 0.34, 0.32])),
+        ("control", pytest.approx([0.40, 0.41, 0.42])),
+    ]
+    assert all(len(bars) == 3 for bars in panels.values())
 
 
 def test_many_models_are_drawn_as_arm_means(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""The report's figures, as PNG bytes: training loss, per-pair reward accuracy, hallucination
-rate per model, score by question type, and a sweep's objective per point.
+"""The report's figures, as PNG bytes: training loss, per-pair reward accuracy, the headline
+metrics (one panel per metric, every recipe on it, over seeds), score by question type, and a
+sweep's objective per point.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no display is needed and no
 global backend or figure state is touched, so the driver process and the tests can draw safely.
@@ -135,30 +136,39 @@ def accuracy_plot(curves: Curves, arms: dict[str, str], why_empty: str) -> Plot:
     return Plot(name, title, _png(fig), note=note)
 
 
-def hallucination_plot(bars: list[tuple[str, float, str]]) -> Plot:
-    """One bar per model: (model label, rate, which metric the rate is)."""
-    name, title = "hallucination_rate", "Hallucination rate per model"
-    if not bars:
-        return Plot(
-            name,
-            title,
-            skipped="no model has mrhal hallucination_rate_cumulative or chair chair_s",
-        )
-    fig = _figure(min(30.0, max(6.0, 0.55 * len(bars) + 2)), 4.5)
-    ax = fig.add_subplot()
-    sources = list(dict.fromkeys(source for *_, source in bars))
-    for source, color in zip(sources, _colors(len(sources)), strict=True):
-        chosen = [(i, label, value) for i, (label, value, s) in enumerate(bars) if s == source]
-        container = ax.bar(
-            [i for i, *_ in chosen], [v for *_, v in chosen], color=color, label=source
-        )
+def headline_plot(panels: list[tuple[str, list[tuple[str, list[float]]]]]) -> Plot:
+    """One panel per headline metric, every recipe on it: the mean over its seeds as a bar, the
+    sd as a whisker where there are several seeds, each seed's value as a dot.
+    panels: (metric legend, [(recipe, values over its seeds)])."""
+    name, title = "headline_metrics", "Headline metrics: every model on the same metric"
+    panels = [(legend, bars) for legend, bars in panels if bars]
+    if not panels:
+        return Plot(name, title, skipped="no headline metric in these runs")
+    columns = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / columns)
+    recipes_at_most = max(len(bars) for _, bars in panels)
+    fig = _figure(min(30.0, max(6.0, 0.6 * recipes_at_most + 2) * columns), 3.4 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    names = list(dict.fromkeys(label for _, bars in panels for label, _ in bars))
+    color_of = dict(zip(names, _colors(len(names)), strict=True))  # a recipe's colour everywhere
+    for ax, (legend, bars) in zip(axes, panels, strict=False):
+        labels = [label for label, _ in bars]
+        means = [statistics.fmean(values) for _, values in bars]
+        errors = [statistics.stdev(values) if len(values) > 1 else 0.0 for _, values in bars]
+        colors = [color_of[label] for label in labels]
+        container = ax.bar(range(len(bars)), means, yerr=errors, capsize=3, color=colors)
         ax.bar_label(container, fmt="%.3f", fontsize=7)
-    ax.set_xticks(range(len(bars)), [label for label, *_ in bars])
-    _rotate_ticks(ax, len(bars))
-    ax.set(ylabel="hallucination rate", title=title)
-    ax.margins(y=0.12)  # room for the value labels
-    ax.legend(fontsize=8)
-    return Plot(name, title, _png(fig))
+        for x, (_, values) in enumerate(bars):
+            ax.plot([x] * len(values), values, "k.", markersize=4)
+        ax.set_xticks(range(len(bars)), labels)
+        _rotate_ticks(ax, len(bars) if max(map(len, labels)) < 12 else 6)
+        ax.set_title(legend, fontsize=9)
+        ax.margins(y=0.15)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    note = "Bars: mean over a recipe's training seeds; whiskers: sd; dots: each seed."
+    return Plot(name, title, _png(fig), note=note)
 
 
 def score_type_plot(panels: dict[str, dict[str, dict[str, float]]], arms: dict[str, str]) -> Plot:
@@ -231,7 +241,7 @@ def figures(data: ReportData) -> list[Plot]:
             dataclasses.replace(p, note=f"{p.note} {note}".strip()) if p.png else p
             for p in training
         ]
-    drawn = [*training, hallucination_plot(hallucination_bars(data)), score_plot(data)]
+    drawn = [*training, headline_plot(headline_panels(data)), score_plot(data)]
     if data.sweeps:
         from amp_ray.evaluation.report_sweep import sweep_plot
 
@@ -239,39 +249,20 @@ def figures(data: ReportData) -> list[Plot]:
     return drawn
 
 
-def _first(
-    data: ReportData,
-    run: str,
-    model: str,
-    benchmark: str,
-    metric: str,
-    prefer: tuple[str, ...] = (),
-) -> tuple[str, float] | None:
-    """(split, value) of a metric: a preferred split first, else the alphabetically first."""
-    found = {
-        m.split: m.value
-        for m in data.metrics.values()
-        if (m.run, m.model, m.benchmark, m.metric) == (run, model, benchmark, metric)
-        and m.value is not None
-    }
-    if not found:
-        return None
-    split = min(found, key=lambda s: (prefer.index(s) if s in prefer else len(prefer), s))
-    return split, found[split]
+def headline_panels(data: ReportData) -> list[tuple[str, list[tuple[str, list[float]]]]]:
+    """Per headline column (the terminal's): every recipe's values over its seeds."""
+    from amp_ray.evaluation.report_seeds import recipe_values, recipes
+    from amp_ray.evaluation.report_terminal import terminal_columns
 
-
-def hallucination_bars(data: ReportData) -> list[tuple[str, float, str]]:
-    """Per model: mrhal's cumulative hallucination rate, else the world check's CHAIR_s."""
-    bars = []
-    for run, model in data.models():
-        label = data.label(run, model)
-        mrhal = _first(data, run, model, "mrhal", "hallucination_rate_cumulative")
-        chair = _first(data, run, model, "chair", "chair_s", ("eval_iid",))
-        if mrhal is not None:
-            bars.append((label, mrhal[1], f"mrhal hallucination_rate_cumulative ({mrhal[0]})"))
-        elif chair is not None:
-            bars.append((label, chair[1], f"CHAIR_s, world check ({chair[0]})"))
-    return bars
+    panels = []
+    for column in terminal_columns(data):
+        bars = []
+        for recipe in recipes(data):
+            values = list(recipe_values(data, recipe, column).values())
+            if values:
+                bars.append((recipe.name, values))
+        panels.append((column.legend, bars))
+    return panels
 
 
 def score_plot(data: ReportData) -> Plot:

@@ -58,7 +58,9 @@ def over_seeds(data: ReportData) -> bool:
     return any(recipe.seeds > 1 for recipe in recipes(data))
 
 
-def _values(data: ReportData, recipe: Recipe, column: TerminalColumn) -> dict[int | None, float]:
+def recipe_values(
+    data: ReportData, recipe: Recipe, column: TerminalColumn
+) -> dict[int | None, float]:
     found = {seed: value(data, run, model, column) for seed, (run, model) in recipe.models.items()}
     return {seed: v for seed, v in found.items() if v is not None and not math.isnan(v)}
 
@@ -78,7 +80,7 @@ def summary_table(
     header = ["recipe", "seeds", *(c.label for c in columns)]
     rows = []
     for recipe in recipes(data):
-        cells = [mean_sd(list(_values(data, recipe, c).values())) for c in columns]
+        cells = [mean_sd(list(recipe_values(data, recipe, c).values())) for c in columns]
         rows.append([recipe.name, str(recipe.seeds), *cells])
     return header, rows
 
@@ -113,7 +115,8 @@ def paired_table(
     rows = []
     for first, second in combinations(trained, 2):
         cells = [
-            paired_difference(_values(data, first, c), _values(data, second, c)) for c in columns
+            paired_difference(recipe_values(data, first, c), recipe_values(data, second, c))
+            for c in columns
         ]
         rows.append([f"{first.name} − {second.name}", *cells])
     return header, rows
