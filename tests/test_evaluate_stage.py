@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from PIL import Image
 
 from amp_ray.errors import SpecError
 from amp_ray.evaluation.judge_pool import JudgeRater
+from amp_ray.evaluation.report import write_report
 from amp_ray.evaluation.scores import mmhal_metrics, mrhal_metrics
 from amp_ray.evaluation.world_metrics import pope_metrics
 from amp_ray.pipeline import run_job
@@ -96,6 +98,8 @@ class _RubricStub(BaseHTTPRequestHandler):
         rounds = prompt.count("### Question")
         if "nonsense" in prompt:
             text = "I would rather not say."
+        elif prompt.startswith("Release judge"):  # the prompt file's template
+            text = "rating: 6"
         elif "Rounds of Conversations" in prompt:
             text = "Ratings: [" + ", ".join(["4"] * rounds) + "]"
         else:
@@ -173,6 +177,9 @@ def test_evaluate_stage_on_benchmark_files_records_failures(
     files = tmp_path / "files"
     files.mkdir()
     _benchmark_files(files)
+    # MMHal-Bench's judge from the release's script (its positional template), MRHal's built in
+    script = 'template = """Release judge.\n{}\n{}\n{}\n{}"""\nprint("not run")\n'
+    (files / "eval_gpt_mmhal.py").write_text(script)
     raw = {
         "name": "files",
         "stages": ["evaluate"],
@@ -194,6 +201,7 @@ def test_evaluate_stage_on_benchmark_files_records_failures(
                 "timeout_s": 10,
                 "requests_per_minute": 6000,
                 "cache_dir": str(tmp_path / "cache"),
+                "prompt_file": {"mmhal": str(files / "eval_gpt_mmhal.py")},
             },
             "actors": {"num_actors": 1, "num_cpus": 0.5, "batch_size": 8},
         },
@@ -213,13 +221,22 @@ def test_evaluate_stage_on_benchmark_files_records_failures(
     assert value[("mrhal", "mrhal", "score_cumulative")] == (4.0, 1)
     assert value[("mrhal", "mrhal", "hallucination_rate_cumulative")] == (0.0, 1)
     assert value[("mrhal", "mrhal", "failed")][0] == 1
-    assert value[("mmhal", "mmhal", "score")] == (5.0, 1)
-    assert value[("mmhal", "mmhal", "score@attribute")] == (5.0, 1)
+    assert value[("mmhal", "mmhal", "score")] == (6.0, 1)
+    assert value[("mmhal", "mmhal", "score@attribute")] == (6.0, 1)
     assert value[("mmhal", "mmhal", "failed")][0] == 1
     answers = run.dataset("evaluate", "answers").read_table().to_pylist()
     pope = [a for a in answers if a["task"] == "existence"]
     expected = pope_metrics([a["answers"][0] for a in pope], [a["references"][0] for a in pope])
     assert value[("pope", "pope_random", "f1")] == (pytest.approx(expected["f1"]), 2)
+    # every judgment and the report say which prompt rated it
+    judges = set(run.dataset("evaluate", "judgments").read_table()["judge"].to_pylist())
+    (judge,) = judges
+    assert re.fullmatch(
+        r"openai:stub \(prompts mmhal eval_gpt_mmhal\.py@[0-9a-f]{12}, mrhal amp-ray-rubric-1\)",
+        judge,
+    )
+    report = write_report([str(tmp_path / "run")], str(tmp_path / "report"))
+    assert f"judged by {judge}" in Path(report.markdown).read_text()
     # one cached judgment per judged input (failures are not cached)
     cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.json"))
     assert len(cached) == 2

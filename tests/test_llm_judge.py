@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from amp_ray.errors import SpecError
+from amp_ray.evaluation.judge_prompt import read_prompt_files
 from amp_ray.evaluation.judging import Judge, JudgeFailure, JudgeRequest
 from amp_ray.evaluation.llm_judge import MinInterval, OpenAIJudge, default_cache_dir
 from amp_ray.evaluation.rubric import (
@@ -412,3 +414,100 @@ def test_parse_mmhal_rating(reply: str, expected: int) -> None:
 def test_parse_mmhal_rating_failures(reply: str, message: str) -> None:
     with pytest.raises(JudgeFailure, match=message):
         parse_mmhal_rating(reply)
+
+
+# --- prompts from the benchmark release's files ------------------------------------------------
+
+# The layout of a published judge script: a module-level `template` filled positionally.
+RELEASE_SCRIPT = '''import openai
+template = """Judge this answer. Rate 0-6 and end with "rating: s".
+
+### Image Contents
+{}
+
+### Question
+{}
+
+### Standard Human-Generated Answer
+{}
+
+### LMM Response to Evaluate
+{}
+"""
+
+if __name__ == "__main__":
+    raise SystemExit("never run by amp-ray")
+'''
+
+
+def test_a_release_script_template_is_what_the_judge_sends(stub: Stub, tmp_path: Path) -> None:
+    script = tmp_path / "eval_gpt_mmhal.py"
+    script.write_text(RELEASE_SCRIPT)
+    spec = judge_spec(stub.url, prompt_file={"mmhal": str(script)})
+    templates = read_prompt_files(spec)
+    stub.script = [("reply", MMHAL_GOOD)]
+    cache = tmp_path / "cache"
+    judge = OpenAIJudge(spec, cache_dir=str(cache), templates=templates)
+    assert judge.judge(mmhal_request()).ratings == (4,)
+    sent = stub.seen[0]["body"]["messages"][0]["content"]
+    assert sent == (
+        'Judge this answer. Rate 0-6 and end with "rating: s".\n\n### Image Contents\nCat\n\n'
+        "### Question\nWhat color is the cat?\n\n### Standard Human-Generated Answer\n"
+        "The cat is black.\n\n### LMM Response to Evaluate\nIt is black.\n"
+    )
+    version = templates["mmhal"].version
+    assert re.fullmatch(r"eval_gpt_mmhal\.py@[0-9a-f]{12}", version)
+    assert judge.prompt == f"prompts mmhal {version}, mrhal {PROMPT_VERSION}"
+    (entry,) = cache_files(cache)
+    assert json.loads(entry.read_text())["prompt_version"] == version
+    # the built-in prompt's judgment of the same item is another cache entry, not a hit
+    OpenAIJudge(judge_spec(stub.url), cache_dir=str(cache)).judge(mmhal_request())
+    assert len(stub.seen) == 2 and len(cache_files(cache)) == 2
+    # an MRHal item still gets the built-in prompt
+    stub.script = [("reply", GOOD)]
+    judge.judge(mrhal_request())
+    assert "Rounds of Conversations" in stub.seen[-1]["body"]["messages"][0]["content"]
+
+
+def test_a_named_template_file_fills_every_round(tmp_path: Path) -> None:
+    text = tmp_path / "mrhal.txt"
+    text.write_text("Objects: {image_content}\nRounds: {num_rounds}\n{rounds}\nRatings: [...]")
+    template = read_prompt_files(JudgeSpec(**{**SPEC_OPENAI, "prompt_file": {"mrhal": str(text)}}))
+    (message,) = build_messages(mrhal_request(), template)
+    content = message["content"]
+    assert content.startswith("Objects: House, Tree, Person\nRounds: 2\n")
+    first, second = content.index("What is the person doing?"), content.index("Is there a car?")
+    assert 0 < first < second and "<image>" not in content
+
+
+SPEC_OPENAI = {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("t.txt", "only {} {}", "has 2 positional placeholders; a mmhal template has 4"),
+        ("t.txt", "{image_content} {question}", "has no {answer}"),
+        ("t.txt", "{answer} {gt_answer}", "unknown placeholders ['gt_answer']"),
+        ("t.txt", "{answer", "is not a format template"),
+        ("s.py", "prompt = 'x {answer}'\n", "assigns no string literal to 'template'"),
+        ("s.py", "template = (\n", "is not a Python script"),
+    ],
+)
+def test_a_prompt_file_that_does_not_fit_names_the_key(
+    tmp_path: Path, name: str, text: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    spec = JudgeSpec(**{**SPEC_OPENAI, "prompt_file": {"mmhal": str(path)}})
+    with pytest.raises(SpecError, match=re.escape(message)) as raised:
+        read_prompt_files(spec)
+    assert "evaluation.judge.prompt_file.mmhal" in str(raised.value)
+
+
+def test_a_missing_prompt_file_and_a_ground_truth_prompt_are_refused(tmp_path: Path) -> None:
+    spec = JudgeSpec(**{**SPEC_OPENAI, "prompt_file": {"mrhal": str(tmp_path / "absent.py")}})
+    with pytest.raises(SpecError, match=r"prompt_file\.mrhal: cannot read"):
+        read_prompt_files(spec)
+    with pytest.raises(ValueError, match="prompt_file is for an openai judge"):
+        JudgeSpec(kind="ground_truth", prompt_file={"mrhal": "x.py"})

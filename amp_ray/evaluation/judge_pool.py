@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from amp_ray.errors import SpecError
+from amp_ray.evaluation.judge_prompt import PromptTemplate
 from amp_ray.evaluation.judging import Judge, JudgeFailure, JudgeRequest
 from amp_ray.spec.alignment import JudgeSpec
 from amp_ray.storage.quarantine import QUARANTINE_REASON
@@ -21,8 +22,9 @@ from amp_ray.storage.schemas import JUDGMENTS
 JUDGED_TASKS = {"dialogue": "mrhal", "mmhal": "mmhal"}  # answer task -> its benchmark
 
 
-def make_judge(spec: JudgeSpec) -> Judge:
-    """The judge of spec key evaluation.judge.kind."""
+def make_judge(spec: JudgeSpec, templates: dict[str, PromptTemplate] | None = None) -> Judge:
+    """The judge of spec key evaluation.judge.kind; an LLM judge with `templates` (the prompt
+    files the driver read) where the spec names them."""
     if spec.kind == "ground_truth":
         from amp_ray.evaluation.world_judge import GroundTruthJudge
 
@@ -30,7 +32,7 @@ def make_judge(spec: JudgeSpec) -> Judge:
     if spec.kind == "openai":
         from amp_ray.evaluation.llm_judge import OpenAIJudge
 
-        return OpenAIJudge(spec)
+        return OpenAIJudge(spec, templates=templates)
     raise SpecError(f"unknown evaluation.judge.kind {spec.kind!r}: use ground_truth or openai")
 
 
@@ -64,8 +66,10 @@ class JudgeRater:
     """Ray Data callable: ANSWERS rows (dialogue and mmhal tasks) in, JUDGMENTS rows out, plus
     the quarantine column for the items the judge could not rate."""
 
-    def __init__(self, spec: JudgeSpec) -> None:
-        self.judge = make_judge(spec)
+    def __init__(self, spec: JudgeSpec, templates: dict[str, PromptTemplate] | None = None) -> None:
+        self.judge = make_judge(spec, templates)
+        prompt = getattr(self.judge, "prompt", None)
+        self.label = f"{self.judge.name} ({prompt})" if prompt else self.judge.name
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict[str, Any]] = []
@@ -85,7 +89,7 @@ class JudgeRater:
                     "benchmark": request.benchmark,
                     "question_types": types,
                     "ratings": ratings,
-                    "judge": self.judge.name,
+                    "judge": self.label,
                     "response": response,
                 }
             )

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import openai
 
 from amp_ray.errors import SpecError
+from amp_ray.evaluation.judge_prompt import PromptTemplate, prompt_versions
 from amp_ray.evaluation.judging import JudgeFailure, JudgeRequest, Judgment, check_ratings
 from amp_ray.evaluation.rubric import PROMPT_VERSION, build_messages, parse_reply
 from amp_ray.spec.alignment import JudgeSpec
@@ -93,12 +94,16 @@ class MinInterval:
 class JudgmentCache:
     """Judgments as `<key>.json` files, written atomically so a killed run leaves none half-done."""
 
-    def __init__(self, directory: Path, model: str) -> None:
+    def __init__(self, directory: Path, model: str, prompts: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.model = model
+        self.prompts = prompts or {}  # benchmark -> prompt version, where not the built-in
+
+    def prompt_version(self, request: JudgeRequest) -> str:
+        return self.prompts.get(request.benchmark, PROMPT_VERSION)
 
     def key(self, request: JudgeRequest) -> str:
-        payload = json.dumps([self.model, PROMPT_VERSION, request.key()])
+        payload = json.dumps([self.model, self.prompt_version(request), request.key()])
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def path(self, request: JudgeRequest) -> Path:
@@ -122,7 +127,7 @@ class JudgmentCache:
     def put(self, request: JudgeRequest, judgment: Judgment) -> None:
         record = {
             "model": self.model,
-            "prompt_version": PROMPT_VERSION,
+            "prompt_version": self.prompt_version(request),
             "benchmark": request.benchmark,
             "request_key": request.key(),
             "ratings": list(judgment.ratings),
@@ -148,13 +153,18 @@ class OpenAIJudge:
         cache_dir: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        templates: dict[str, PromptTemplate] | None = None,
     ) -> None:
         if not (spec.base_url and spec.model):
             raise SpecError("an openai judge needs evaluation.judge.base_url and .model")
         self.spec = spec
         self.base_url = spec.base_url
         self.model = spec.model
+        self.templates = templates or {}
         self.name = f"openai:{spec.model}"
+        # with the name in every judgment row and in the report: which prompt rated the item
+        versions = prompt_versions(self.templates)
+        self.prompt = "prompts " + ", ".join(f"{b} {v}" for b, v in versions.items())
         self._key = read_api_key(spec)
         self._client = openai.OpenAI(
             base_url=spec.base_url,
@@ -165,13 +175,15 @@ class OpenAIJudge:
         self._limit = MinInterval(60.0 / spec.requests_per_minute, clock, sleep)
         directory = cache_dir or spec.cache_dir
         root = Path(directory).expanduser() if directory else default_cache_dir()
-        self.cache = JudgmentCache(root, spec.model)
+        self.cache = JudgmentCache(
+            root, spec.model, {b: t.version for b, t in self.templates.items()}
+        )
 
     def __repr__(self) -> str:  # never the client's repr: it would hold the key
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"
 
     def judge(self, request: JudgeRequest) -> Judgment:
-        messages = build_messages(request)
+        messages = build_messages(request, self.templates)
         cached = self.cache.get(request, self.name)
         if cached is not None:
             return cached

@@ -93,6 +93,7 @@ class ReportData:
     seeds: dict[str, int] = field(default_factory=dict)  # model label -> its training seed
     read: dict[str, list[str]] = field(default_factory=dict)  # run label -> datasets read
     sweeps: dict[str, SweepData] = field(default_factory=dict)  # run label -> its sweep
+    judges: dict[str, list[str]] = field(default_factory=dict)  # run label -> judge and prompts
 
     def label(self, run: str, model: str) -> str:
         return model if len(self.runs) == 1 else f"{run}/{model}"
@@ -144,6 +145,7 @@ def load(runs: Sequence[str], storage: Any = None) -> ReportData:
         data.read[label] = []
         _read_metrics(data, label, run)
         _read_training(data, label, run)
+        _read_judges(data, label, run)
         sweep = read_sweep(run)
         if sweep is not None:
             data.read[label].append("sweep/results")
@@ -193,6 +195,14 @@ def _read_metrics(data: ReportData, label: str, run: RunDir) -> None:
             if earlier is not None and earlier.stage != stage:
                 data.shadowed.append((metric, earlier))
             data.metrics[metric.key] = metric
+
+
+def _read_judges(data: ReportData, label: str, run: RunDir) -> None:
+    """Who rated the open answers, with the prompt it was sent (evaluate/judgments' judge)."""
+    judgments = run.dataset("evaluate", "judgments")
+    if judgments.exists:
+        judges = judgments.read_table(["judge"]).column("judge").to_pylist()
+        data.judges[label] = sorted(set(judges))
 
 
 def _read_training(data: ReportData, label: str, run: RunDir) -> None:
@@ -379,6 +389,7 @@ def document(data: ReportData, figures: list[plots.Plot]) -> list[Block]:
         Items(
             [
                 f"{label}: {uri} (read: {', '.join(data.read[label]) or 'nothing'})"
+                + (f"; judged by {'; '.join(data.judges[label])}" if data.judges.get(label) else "")
                 for label, uri in data.runs.items()
             ]
         )

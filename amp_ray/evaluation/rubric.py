@@ -22,6 +22,8 @@ Changing any text here changes `PROMPT_VERSION`, which keys the judgment cache.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from amp_ray.evaluation.judging import JudgeFailure, JudgeRequest, check_ratings
 
@@ -178,7 +180,7 @@ chose (for example "Rating: 4"):
 """
 
 
-def _clean_question(question: str) -> str:
+def clean_question(question: str) -> str:
     # The judge is text-only: the image placeholder of the first round means nothing to it.
     return question.replace("<image>", "").strip()
 
@@ -232,9 +234,7 @@ def _rounds(request: JudgeRequest) -> int:
 def mrhal_prompt(request: JudgeRequest) -> str:
     _rounds(request)
     rounds = "".join(
-        ROUND_TEMPLATE.format(
-            question=_clean_question(q), reference=ref.strip(), answer=ans.strip()
-        )
+        ROUND_TEMPLATE.format(question=clean_question(q), reference=ref.strip(), answer=ans.strip())
         for q, ref, ans in zip(request.questions, request.references, request.answers, strict=True)
     )
     task = MRHAL_TASK.format(
@@ -253,7 +253,7 @@ def mmhal_prompt(request: JudgeRequest) -> str:
         guidance=GUIDANCE,
         options=RATING_OPTIONS,
         content=", ".join(request.image_content),
-        question=_clean_question(request.questions[0]),
+        question=clean_question(request.questions[0]),
         reference=request.references[0].strip(),
         answer=request.answers[0].strip(),
     )
@@ -263,8 +263,12 @@ def mmhal_prompt(request: JudgeRequest) -> str:
 PROMPTS = {"mrhal": mrhal_prompt, "mmhal": mmhal_prompt}
 
 
-def build_messages(request: JudgeRequest) -> list[dict[str, str]]:
-    """The OpenAI chat messages that ask the judge to rate `request` (one user turn, as published).
+def build_messages(
+    request: JudgeRequest, templates: Mapping[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """The OpenAI chat messages that ask the judge to rate `request` (one user turn, as published):
+    the benchmark's template from `templates` (evaluation/judge_prompt.py) where there is one,
+    else the built-in prompt.
 
     Raises ValueError for a benchmark without a prompt (a caller's bug) and JudgeFailure for a
     request whose rounds do not line up (a bad item).
@@ -274,7 +278,10 @@ def build_messages(request: JudgeRequest) -> list[dict[str, str]]:
         raise ValueError(
             f"no judge prompt for benchmark {request.benchmark!r}; known: {[*PROMPTS]}"
         )
-    return [{"role": "user", "content": prompt(request)}]
+    content = prompt(request)  # also checks the request's rounds
+    if templates and request.benchmark in templates:
+        content = templates[request.benchmark].render(request)
+    return [{"role": "user", "content": content}]
 
 
 # --- replies ------------------------------------------------------------------------------------

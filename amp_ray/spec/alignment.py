@@ -432,10 +432,21 @@ class JudgeSpec(Block):
         "default: $XDG_CACHE_HOME/amp_ray/judge, else ~/.cache/amp_ray/judge",
     )
 
+    prompt_file: dict[Literal["mrhal", "mmhal"], str] = Field(
+        default_factory=dict,
+        description="benchmark -> the release's judge script (.py) or a template file, local or "
+        "s3 (evaluation/judge_prompt.py); default: the built-in prompts",
+    )
+    prompt_variable: str = Field(
+        "template", description="the variable a judge script assigns its template to"
+    )
+
     @model_validator(mode="after")
     def _endpoint_for_llm(self) -> JudgeSpec:
         if self.kind == "openai" and not (self.base_url and self.model):
             raise ValueError("an openai judge needs base_url and model")
+        if self.kind == "ground_truth" and self.prompt_file:
+            raise ValueError("prompt_file is for an openai judge; the ground_truth judge has none")
         return self
 
 

@@ -50,7 +50,14 @@ class EvaluateStage(Stage):
                 mode="json", exclude={"actors", "judge_actors"}
             ),
             "models": self.models(),
+            # the prompt files' contents, not only their paths: an edited template re-judges
+            "judge_prompts": {b: t.version for b, t in self._judge_templates().items()},
         }
+
+    def _judge_templates(self) -> dict[str, Any]:
+        from amp_ray.evaluation.judge_prompt import read_prompt_files
+
+        return read_prompt_files(self.spec.evaluation.judge, self.spec.storage)
 
     def preflight(self) -> None:
         if self._world_benchmarks() and self.spec.data.source != "world":
@@ -70,6 +77,7 @@ class EvaluateStage(Stage):
             from amp_ray.evaluation.llm_judge import read_api_key
 
             read_api_key(self.spec.evaluation.judge)  # a missing key stops before Ray starts
+            self._judge_templates()  # and so does a prompt file that cannot be used
 
     def _world_benchmarks(self) -> list[str]:
         evaluation = self.spec.evaluation
@@ -177,7 +185,8 @@ class EvaluateStage(Stage):
         pool = self.spec.evaluation.judge_actors
         request = pool_request("evaluation.judge_actors", pool, "the judge pool")
         self.ensure_resources([request], spare_cpus=SPARE_CPUS_FOR_TASKS)
-        rated = map_with_actor_pool(rows, JudgeRater, pool, {"spec": self.spec.evaluation.judge})
+        rater = {"spec": self.spec.evaluation.judge, "templates": self._judge_templates()}
+        rated = map_with_actor_pool(rows, JudgeRater, pool, rater)
         route = functools.partial(route_quarantine, stage=self.name, good="judgments", bad="q")
         write_ray(rated, {"judgments": judgments, "q": quarantine}, route)
         judgments.commit()

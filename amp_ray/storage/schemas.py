@@ -136,7 +136,7 @@ JUDGMENTS = pa.schema(
         _col("benchmark", pa.string(), "mrhal or mmhal"),
         _col("question_types", pa.list_(pa.string()), "the question type of every round"),
         _col("ratings", pa.list_(pa.int64()), "the judge's 0-6 rating of every round"),
-        _col("judge", pa.string(), "ground_truth or openai:<model>"),
+        _col("judge", pa.string(), "ground_truth, or openai:<model> with the prompts it was sent"),
         _col("response", pa.string(), "what the judge said (the world judge: its fact counts)"),
     ],
     metadata={"doc": "evaluate/judgments: the judge's ratings of every answered dialogue"},
