@@ -33,7 +33,9 @@ TIMING = {"step_seconds", "items_per_s", "response_tokens_per_s", "tokens_per_s"
 def pipeline_spec(run_dir: Path, actors: int) -> dict:
     raw = preference_spec(run_dir, STAGES)
     raw["sft"]["encode_actors"]["num_actors"] = actors
-    raw["generation"]["actors"]["num_actors"] = actors
+    # five generation pools of 2 actors beside the read tasks' CPU: 0.09 CPU each in both runs
+    # (ten times 0.1 adds up to more than 1.0)
+    raw["generation"]["actors"].update(num_actors=actors, num_cpus=0.09)
     raw["reference"]["actors"]["num_actors"] = actors
     raw["training"].update(
         max_steps=3, micro_batch_size=4, log_every=1, checkpoint_every=3,
@@ -53,8 +55,10 @@ def pipeline_spec(run_dir: Path, actors: int) -> dict:
 
 def table(run_dir: Path, stage: str, name: str) -> pa.Table:
     data = RunDir.open(str(run_dir)).dataset(stage, name).read_table()
-    if stage == "train":  # the log: drop timing metrics
-        data = data.filter(pa.compute.invert(pa.compute.is_in(data["metric"], pa.array(TIMING))))
+    if stage == "train":  # the log: drop timing and memory metrics
+        measured = pa.compute.is_in(data["metric"], pa.array(TIMING))
+        measured = pa.compute.or_(measured, pa.compute.ends_with(data["metric"], "peak_rss_mb"))
+        data = data.filter(pa.compute.invert(measured))
     keep = [c for c in data.column_names if c not in TIMING and c != "attempt"]
     return data.select(keep).sort_by([(key, "ascending") for key in OUTPUTS[(stage, name)]])
 

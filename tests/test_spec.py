@@ -42,6 +42,15 @@ def test_defaults_follow_the_papers() -> None:
         spec.evaluation.decoding.num_beams == 4
         and spec.evaluation.decoding.no_repeat_ngram_size == 5
     )
+    # a spec that sets one decoding key keeps MRHal-Bench's greedy decoding for the others
+    shorter = validate_spec({**MINIMAL, "evaluation": {"decoding": {"max_new_tokens": 32}}})
+    decoding = shorter.evaluation.decoding
+    assert decoding.max_new_tokens == 32 and not decoding.do_sample
+    assert (decoding.num_beams, decoding.no_repeat_ngram_size, decoding.repetition_penalty) == (
+        4,
+        5,
+        1.0,
+    )
 
 
 def test_unknown_key_names_path_allowed_keys_and_closest_match() -> None:

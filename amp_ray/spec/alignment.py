@@ -44,6 +44,16 @@ class SamplingSpec(Block):
     num_samples: PositiveInt = Field(1, description="candidates drawn per model and item")
 
 
+class EvalDecodingSpec(SamplingSpec):
+    """MRHal-Bench's decoding: greedy, 4 beams, no repeated 5-grams. Defaults of their own, so
+    that a spec that sets only max_new_tokens keeps them (it got SamplingSpec's sampling before)."""
+
+    do_sample: bool = False
+    temperature: PositiveFloat = 1.0
+    repetition_penalty: PositiveFloat = 1.0
+    no_repeat_ngram_size: NonNegativeInt = 5
+
+
 class MegSpec(Block):
     """Multi-size expert generation: one family, several sizes; initial rank larger > smaller."""
 
@@ -472,13 +482,7 @@ class EvaluationSpec(Block):
     models: list[str] = Field(
         [], description="model names (trained ones too); default: every model the run made"
     )
-    decoding: SamplingSpec = SamplingSpec(
-        do_sample=False,
-        temperature=1.0,
-        num_beams=4,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=5,
-    )
+    decoding: EvalDecodingSpec = EvalDecodingSpec()
     items_per_split: PositiveInt | None = Field(
         None, description="world images per eval split, all their items (default: all)"
     )

@@ -144,7 +144,8 @@ class EvaluateStage(Stage):
         return StageCounts(rows_in, answered.num_rows, bad)
 
     def _items(self, quarantine: Any) -> tuple[Any, int]:
-        """The items to answer (one Ray dataset) and how many there are."""
+        """The items to answer (one Ray dataset of one batch a block) and how many there are."""
+        import ray
         import ray.data
 
         parts = []
@@ -162,8 +163,15 @@ class EvaluateStage(Stage):
             select = functools.partial(world_items, benchmarks=world, shares=self._shares())
             parts.append(light_map(items, select))
         dataset = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-        dataset = dataset.materialize()
-        return dataset, dataset.count()
+        # Fixed batches, in item order: which items share a batch (and so its padding) must not
+        # follow the order Ray Data's read blocks finish in, or the answers change with the pool
+        # sizes. The eval sets are small (benchmark files are read in the driver anyway).
+        refs = dataset.materialize().to_arrow_refs()
+        table = pa.concat_tables(ray.get(refs), promote_options="default")
+        table = table.sort_by("item_id")
+        size = self.spec.evaluation.actors.batch_size
+        batches = [table.slice(start, size) for start in range(0, table.num_rows, size)]
+        return ray.data.from_blocks(batches or [table]), table.num_rows
 
     def _shares(self) -> dict[str, float]:
         cap = self.spec.evaluation.items_per_split
