@@ -151,7 +151,8 @@ def progress_lines(print_line: Callable[[str], None] | None = None) -> Iterator[
     def drain(timeout: float) -> None:
         while True:
             try:
-                echo(queue.get(timeout=timeout))
+                # indented: under the stage's own "[stage] rows in ..." line, never mistaken for it
+                echo(f"  {queue.get(timeout=timeout)}")
             except Empty:
                 return
 
