@@ -97,7 +97,7 @@ class JudgmentCache:
     def __init__(self, directory: Path, model: str, prompts: dict[str, str] | None = None) -> None:
         self.directory = directory
         self.model = model
-        self.prompts = prompts or {}  # benchmark -> prompt version, where not the built-in
+        self.prompts = prompts or {}  # benchmark -> prompt version; missing: the built-in
 
     def prompt_version(self, request: JudgeRequest) -> str:
         return self.prompts.get(request.benchmark, PROMPT_VERSION)
@@ -163,8 +163,8 @@ class OpenAIJudge:
         self.templates = templates or {}
         self.name = f"openai:{spec.model}"
         # with the name in every judgment row and in the report: which prompt rated the item
-        versions = prompt_versions(self.templates)
-        self.prompt = "prompts " + ", ".join(f"{b} {v}" for b, v in versions.items())
+        self.versions = prompt_versions(self.templates)
+        self.prompt = "prompts " + ", ".join(f"{b} {v}" for b, v in self.versions.items())
         self._key = read_api_key(spec)
         self._client = openai.OpenAI(
             base_url=spec.base_url,
@@ -175,9 +175,7 @@ class OpenAIJudge:
         self._limit = MinInterval(60.0 / spec.requests_per_minute, clock, sleep)
         directory = cache_dir or spec.cache_dir
         root = Path(directory).expanduser() if directory else default_cache_dir()
-        self.cache = JudgmentCache(
-            root, spec.model, {b: t.version for b, t in self.templates.items()}
-        )
+        self.cache = JudgmentCache(root, spec.model, self.versions)
 
     def __repr__(self) -> str:  # never the client's repr: it would hold the key
         return f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r})"

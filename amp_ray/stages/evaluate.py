@@ -51,10 +51,12 @@ class EvaluateStage(Stage):
             ),
             "models": self.models(),
             # the prompt files' contents, not only their paths: an edited template re-judges
-            "judge_prompts": {b: t.version for b, t in self._judge_templates().items()},
+            "judge_prompts": {b: t.version for b, t in self._judge_templates.items()},
         }
 
+    @functools.cached_property
     def _judge_templates(self) -> dict[str, Any]:
+        """The prompt files, read once for the stage's config, preflight and judge pool."""
         from amp_ray.evaluation.judge_prompt import read_prompt_files
 
         return read_prompt_files(self.spec.evaluation.judge, self.spec.storage)
@@ -77,7 +79,8 @@ class EvaluateStage(Stage):
             from amp_ray.evaluation.llm_judge import read_api_key
 
             read_api_key(self.spec.evaluation.judge)  # a missing key stops before Ray starts
-            self._judge_templates()  # and so does a prompt file that cannot be used
+            # and so does a prompt file that cannot be used (read here, kept for the stage)
+            self._judge_templates  # noqa: B018
 
     def _world_benchmarks(self) -> list[str]:
         evaluation = self.spec.evaluation
@@ -193,7 +196,7 @@ class EvaluateStage(Stage):
         pool = self.spec.evaluation.judge_actors
         request = pool_request("evaluation.judge_actors", pool, "the judge pool")
         self.ensure_resources([request], spare_cpus=SPARE_CPUS_FOR_TASKS)
-        rater = {"spec": self.spec.evaluation.judge, "templates": self._judge_templates()}
+        rater = {"spec": self.spec.evaluation.judge, "templates": self._judge_templates}
         rated = map_with_actor_pool(rows, JudgeRater, pool, rater)
         route = functools.partial(route_quarantine, stage=self.name, good="judgments", bad="q")
         write_ray(rated, {"judgments": judgments, "q": quarantine}, route)

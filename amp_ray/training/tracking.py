@@ -40,6 +40,7 @@ class TrainingTracker(UserCallback):
     started: float = field(default_factory=time.time)  # set on the driver, when the run starts
     _last: tuple[int, float] | None = field(default=None, repr=False)
     _writer: Any = field(default=None, repr=False)
+    _location: Any = field(default=None, repr=False)
     _mlflow_run: Any = field(default=None, repr=False)
 
     def after_report(
@@ -87,7 +88,9 @@ class TrainingTracker(UserCallback):
     def _tensorboard(self, step: int, numbers: dict[str, float]) -> None:
         from amp_ray.storage.location import open_location
 
-        location = open_location(self.tensorboard_uri, self._storage())
+        if self._location is None:  # once per run: an s3 location builds its filesystem
+            self._location = open_location(self.tensorboard_uri, self._storage())
+        location = self._location
         if self._writer is None:
             from tensorboardX import SummaryWriter
 
