@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
 import pytest
 from tensorboardX.proto.event_pb2 import Event
 
-from amp_ray.training.tracking import TrainingTracker
+from amp_ray.training.tracking import ProgressPrinter, ProgressUpdate, TrainingTracker
 
 
 class Lines:
     """Stands in for the driver's queue."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.updates: list[ProgressUpdate] = []
 
-    def put(self, line: str) -> None:
-        self.lines.append(line)
+    def put(self, update: ProgressUpdate) -> None:
+        self.updates.append(update)
 
 
 def scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -47,6 +48,29 @@ def test_progress_lines_give_steps_rate_eta_and_loss() -> None:
     assert tracker.progress_line(300, None, now=190.0).endswith("(100%), 5.00 steps/s, done")
 
 
+def test_on_a_terminal_running_runs_share_one_live_line_and_finished_ones_stay() -> None:
+    kept: list[str] = []
+    screen = io.StringIO()
+    printer = ProgressPrinter(kept.append, live=True, stream=screen)
+    printer.show(ProgressUpdate("a", "[sft] a: step 1/2 (50%)", False))
+    printer.show(ProgressUpdate("b", "[sft] b: step 1/4 (25%)", False))
+    printer.show(ProgressUpdate("a", "[sft] a: step 2/2 (100%)", True))
+    printer.close()
+    erase = "\r\033[K"
+    assert screen.getvalue().split(erase) == [
+        "",
+        "  [sft] a: step 1/2 (50%)",
+        "  [sft] a: step 1/2 (50%) | [sft] b: step 1/4 (25%)",
+        "  [sft] b: step 1/4 (25%)",  # a's last update went to the kept lines
+        "",
+    ]
+    assert kept == ["  [sft] a: step 2/2 (100%)"]
+    # elsewhere: every update on a line of its own, nothing rewritten
+    plain = ProgressPrinter(kept.append, live=False, stream=screen)
+    plain.show(ProgressUpdate("b", "[sft] b: step 2/4 (50%)", False))
+    assert kept[-1] == "  [sft] b: step 2/4 (50%)"
+
+
 def test_every_report_goes_to_the_progress_lines_and_tensorboard(tmp_path: Path) -> None:
     lines = Lines()
     board = tmp_path / "sft" / "tensorboard" / "expert_s"
@@ -54,9 +78,9 @@ def test_every_report_goes_to_the_progress_lines_and_tensorboard(tmp_path: Path)
     for step, loss in ((2, 0.9), (4, 0.7)):
         metrics = [{"step": step, "loss": loss, "lr": 1e-3, "note": "text is skipped"}]
         tracker.after_report(None, metrics, checkpoint=None)
-    assert [line.split(",")[0] for line in lines.lines] == [
-        "[sft] expert_s: step 2/4 (50%)",
-        "[sft] expert_s: step 4/4 (100%)",
+    assert [(u.run, u.text.split(",")[0], u.finished) for u in lines.updates] == [
+        ("expert_s", "[sft] expert_s: step 2/4 (50%)", False),
+        ("expert_s", "[sft] expert_s: step 4/4 (100%)", True),
     ]
     logged = scalars(board)
     assert logged["loss"] == [(2, pytest.approx(0.9)), (4, pytest.approx(0.7))]

@@ -6,24 +6,35 @@ Every logged window already reaches Ray Train's controller through `ray.train.re
 `ray.train.UserCallback` per run does all three there: no worker writes a tracker, and a worker
 group that restarts from a checkpoint keeps logging into the same run. The driver cannot print
 what the controller prints (the CLI does not forward Ray's worker logs), so progress lines travel
-to it on a `ray.util.queue.Queue` and a driver thread prints them (`progress_lines`).
+to it on a `ray.util.queue.Queue` and a driver thread prints them (`progress_lines`): on a
+terminal as one live line rewritten in place, elsewhere (a log file, `ray job submit`'s log) as a
+plain line per logged window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, TextIO
 
 from ray.train import UserCallback
 
 TENSORBOARD = "tensorboard"  # <stage>/tensorboard/<run>/ in the run directory
+
+
+class ProgressUpdate(NamedTuple):
+    """What a tracker sends the driver after each logged window of its run."""
+
+    run: str
+    text: str  # `[sft] expert_m: step 150/300 (50%), 2.10 steps/s, ETA 1m 11s, loss 0.5120`
+    finished: bool  # the run's last window
 
 
 @dataclass
@@ -58,7 +69,8 @@ class TrainingTracker(UserCallback):
             if isinstance(value, int | float) and key != "step"
         }
         if self.progress is not None:
-            self.progress.put(self.progress_line(step, numbers.get("loss"), time.time()))
+            text = self.progress_line(step, numbers.get("loss"), time.time())
+            self.progress.put(ProgressUpdate(self.run, text, step >= self.total_steps))
         if self.tensorboard_uri:
             self._tensorboard(step, numbers)
         if self.mlflow:
@@ -141,21 +153,60 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+class ProgressPrinter:
+    """Prints progress updates indented under the stage's own "[stage] rows in ..." line. On a
+    terminal: one live line holding each running run's latest update, rewritten in place, and a
+    run's last update kept as a line of its own. Elsewhere: a line per update."""
+
+    def __init__(self, echo: Callable[[str], None], live: bool, stream: TextIO | None = None):
+        self.echo, self.live = echo, live
+        self.stream = stream or sys.stdout
+        self.latest: dict[str, str] = {}  # run -> its latest update, while it runs
+
+    def show(self, update: ProgressUpdate) -> None:
+        if not self.live:
+            self.echo(f"  {update.text}")
+            return
+        self._clear()
+        if update.finished:
+            self.latest.pop(update.run, None)
+            self.echo(f"  {update.text}")
+        else:
+            self.latest[update.run] = update.text
+        self._draw()
+
+    def close(self) -> None:
+        if self.live:
+            self._clear()
+
+    def _draw(self) -> None:
+        if self.latest:
+            width = shutil.get_terminal_size().columns - 1  # the cursor stays on the line
+            self.stream.write(f"  {' | '.join(self.latest.values())}"[:width])
+            self.stream.flush()
+
+    def _clear(self) -> None:
+        self.stream.write("\r\033[K")  # to the line's start, then erase it
+
+
 @contextlib.contextmanager
-def progress_lines(print_line: Callable[[str], None] | None = None) -> Iterator[Any]:
-    """A queue that training trackers put progress lines on, printed by a driver thread until
-    the block ends (what is still queued then is printed too)."""
+def progress_lines(
+    print_line: Callable[[str], None] | None = None, live: bool | None = None
+) -> Iterator[Any]:
+    """A queue that training trackers put `ProgressUpdate`s on, printed by a driver thread until
+    the block ends (what is still queued then is printed too); `live` (default: stdout is a
+    terminal) keeps them on one line rewritten in place."""
     from ray.util.queue import Empty, Queue
 
     echo = print_line or (lambda line: print(line, file=sys.stdout, flush=True))
+    printer = ProgressPrinter(echo, sys.stdout.isatty() if live is None else live)
     queue = Queue(actor_options={"num_cpus": 0})
     stop = threading.Event()
 
     def drain(timeout: float) -> None:
         while True:
             try:
-                # indented: under the stage's own "[stage] rows in ..." line, never mistaken for it
-                echo(f"  {queue.get(timeout=timeout)}")
+                printer.show(queue.get(timeout=timeout))
             except Empty:
                 return
 
@@ -171,4 +222,5 @@ def progress_lines(print_line: Callable[[str], None] | None = None) -> Iterator[
         stop.set()
         thread.join(timeout=5)
         drain(timeout=0.1)
+        printer.close()
         queue.shutdown()
