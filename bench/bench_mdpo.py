@@ -65,7 +65,7 @@ import psutil
 import torch
 from PIL import Image
 
-from amp_ray.losses import mdpo_loss
+from amp_ray.losses.preference import mdpo_loss
 from amp_ray.models.conversation import Encoded, encode_conversation, messages_for
 from amp_ray.models.levels import LevelScorer, collate_levels, shared_prefix_length
 from amp_ray.models.loading import load_model, load_processor
@@ -233,7 +233,9 @@ def mdpo_step(
     def step(batch: tuple[int, list[list[Encoded]]]) -> None:
         index, items = batch
         inputs = collate_levels(items, pad, scorer.mode)
-        loss = mdpo_loss(scorer(inputs), reference((index, inputs))).loss
+        loss = mdpo_loss(
+            scorer(inputs), reference((index, inputs)), beta=0.1, penalty_weight=1.0
+        ).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
 
-from amp_ray.losses import (
+from amp_ray.losses import LOSSES
+from amp_ray.losses.preference import (
     avg_dpo_loss,
     best_response_nll,
     level_pairs,
@@ -15,6 +17,8 @@ from amp_ray.losses import (
     mixed_dpo_loss,
     pairwise_loss,
 )
+from amp_ray.spec.alignment import TrainingSpec
+from amp_ray.training.objective import Objective
 
 
 def log_sigmoid(x: float) -> float:
@@ -71,7 +75,7 @@ def test_pairwise_by_hand() -> None:
     assert pairwise_loss(policy, reference, 0.5, "ipo").loss.item() == pytest.approx(1.0)
     assert pairwise_loss(policy, reference, 0.5, "hinge").loss.item() == pytest.approx(0.0)
     with pytest.raises(ValueError, match="2 levels"):
-        pairwise_loss(*rewards_as_logps([[1.0, 0.0, 0.0]]))
+        pairwise_loss(*rewards_as_logps([[1.0, 0.0, 0.0]]), beta=0.1)
 
 
 def test_mixed_and_avg_dpo_by_hand() -> None:
@@ -81,7 +85,7 @@ def test_mixed_and_avg_dpo_by_hand() -> None:
     assert mixed.loss.item() == pytest.approx(-(log_sigmoid(1.0) + log_sigmoid(2.0)) / 2)
     average = avg_dpo_loss(policy, reference, beta=1.0, gamma=0.25)
     assert average.loss.item() == pytest.approx(-(0.25 * log_sigmoid(1.0) + 0.75 * log_sigmoid(2)))
-    zero = avg_dpo_loss(*rewards_as_logps([[0.0, 0.0, 0.0]]), beta=1.0)
+    zero = avg_dpo_loss(*rewards_as_logps([[0.0, 0.0, 0.0]]), beta=1.0, gamma=0.5)
     assert zero.loss.item() == pytest.approx(math.log(2))
 
 
@@ -134,3 +138,24 @@ def test_gradient_flows_to_policy_only_through_the_loss() -> None:
     # log-prob must rise (negative gradient), the worst must fall.
     assert policy.grad[0, 0] < 0 < policy.grad[0, 2]
     assert level_pairs(4)[0].tolist() == [0, 0, 0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_in_the_table_is_computed_on_the_levels_it_takes(name: str) -> None:
+    """losses/table.py and training/objective.py name the same losses: each computes a finite
+    loss on the levels the table says it takes (K=4 where it takes any)."""
+    kind = LOSSES[name]
+    levels = kind.levels or 4
+    policy = torch.randn(5, levels, requires_grad=True)
+    objective = Objective(name, 0.1, 0.5, False, True, 0.5)
+    out = objective(policy, torch.randn(5, levels), torch.full((5, levels), 3.0), torch.Generator())
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    # a best-only loss moves y_0's log-prob alone; the others move every level
+    moved = (policy.grad.abs() > 0).any(dim=0).tolist()
+    assert moved == ([True] + [False] * (levels - 1) if kind.best_only else [True] * levels)
+
+
+def test_a_loss_that_takes_two_levels_is_refused_on_four() -> None:
+    with pytest.raises(ValidationError, match="loss dpo takes 2 levels per item, training on 4"):
+        TrainingSpec(loss="dpo", num_levels=4)

@@ -1,23 +1,6 @@
-"""Preference losses: pure functions of per-response log-probs (amp_ray/losses/preference.py)."""
+"""Training losses: the table of every loss by name (losses/table.py, torch-free) and the pure
+functions of per-response log-probs that compute them (losses/preference.py, torch)."""
 
-from amp_ray.losses.preference import (
-    LossOutput,
-    avg_dpo_loss,
-    best_response_nll,
-    level_pairs,
-    mdpo_loss,
-    mixed_dpo_loss,
-    pair_loss,
-    pairwise_loss,
-)
+from amp_ray.losses.table import LOSSES, LossKind
 
-__all__ = [
-    "LossOutput",
-    "avg_dpo_loss",
-    "best_response_nll",
-    "level_pairs",
-    "mdpo_loss",
-    "mixed_dpo_loss",
-    "pair_loss",
-    "pairwise_loss",
-]
+__all__ = ["LOSSES", "LossKind"]

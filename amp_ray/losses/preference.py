@@ -4,7 +4,8 @@ Every loss takes `policy` and `reference` log-probs of shape [B, K]: B items, K 
 item, best first (level 0 is the best response y_0). r_k = log π(y_k|x) − log π_ref(y_k|x) is the
 implicit reward (without β) and h_ij = r_i − r_j the pair logit. Each returns a `LossOutput`: the
 scalar loss to minimise and detached metrics (docs/methods.md has the derivations and the tests
-in tests/test_losses.py check hand-derived values).
+in tests/test_losses.py check hand-derived values). No setting has a default here: the spec
+(spec/alignment.TrainingSpec) holds them.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def pair_loss(logits: torch.Tensor, beta: float, kind: str = "sigmoid") -> torch
 def mdpo_loss(
     policy: torch.Tensor,
     reference: torch.Tensor,
-    beta: float = 0.1,
-    penalty_weight: float = 1.0,
+    beta: float,
+    penalty_weight: float,
     best_lengths: torch.Tensor | None = None,
     spread_over_pairs: bool = False,
 ) -> LossOutput:
@@ -92,7 +93,7 @@ def mdpo_loss(
 
 
 def pairwise_loss(
-    policy: torch.Tensor, reference: torch.Tensor, beta: float = 0.1, kind: str = "sigmoid"
+    policy: torch.Tensor, reference: torch.Tensor, beta: float, kind: str = "sigmoid"
 ) -> LossOutput:
     """One pair per item, [B, 2]: DPO (`sigmoid`), IPO (`ipo`) or SLiC (`hinge`); see pair_loss.
     Example, β=0.5, r = (2, 0): DPO −log σ(1) = 0.3133, IPO (2−1)² = 1, SLiC max(0, 1−1) = 0."""
@@ -104,7 +105,7 @@ def pairwise_loss(
 
 
 def mixed_dpo_loss(
-    policy: torch.Tensor, reference: torch.Tensor, use_offline: torch.Tensor, beta: float = 0.1
+    policy: torch.Tensor, reference: torch.Tensor, use_offline: torch.Tensor, beta: float
 ) -> LossOutput:
     """Mixed-DPO (BDHS, arXiv 2407.02477 §5): levels [y+, y− offline, ỹ− online], [B, 3];
     per item α ~ Bernoulli(0.5) (`use_offline`, [B] bool, drawn by the caller so this stays pure):
@@ -117,7 +118,7 @@ def mixed_dpo_loss(
 
 
 def avg_dpo_loss(
-    policy: torch.Tensor, reference: torch.Tensor, beta: float = 0.1, gamma: float = 0.5
+    policy: torch.Tensor, reference: torch.Tensor, beta: float, gamma: float
 ) -> LossOutput:
     """Avg-DPO (BDHS §5): levels [y+, y− offline, ỹ− online], [B, 3]:
     L = mean of γ·L_DPO(y+, y−) + (1−γ)·L_DPO(y+, ỹ−). Example, β=1, γ=0.5, r = (0, 0, 0):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from amp_ray.losses.table import LOSSES, LossKind
 from amp_ray.spec.blocks import (
     ActorPoolSpec,
     Block,
@@ -135,18 +136,8 @@ class PenaltySpec(Block):
     )
 
 
-LossName = Literal["mdpo", "mdpo_naive", "dpo", "ipo", "slic", "mixed_dpo", "avg_dpo", "sft"]
-# how many levels each loss takes (None: any K ≥ 2)
-LOSS_LEVELS: dict[str, int | None] = {
-    "mdpo": None,
-    "mdpo_naive": None,
-    "sft": None,
-    "dpo": 2,
-    "ipo": 2,
-    "slic": 2,
-    "mixed_dpo": 3,
-    "avg_dpo": 3,
-}
+# the names of losses/table.py, checked by pydantic (the table has each loss's rules)
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
 
 
 class CompareSpec(Block):
@@ -265,6 +256,20 @@ class TrainingSpec(Block):
     def trained_levels(self) -> list[int]:
         return self.levels if self.levels is not None else list(range(self.num_levels))
 
+    @property
+    def loss_kind(self) -> LossKind:
+        return LOSSES[self.loss]
+
+    @property
+    def read_levels(self) -> list[int]:
+        """The data levels the loop reads: a best-only loss (the continued-SFT control) y_0."""
+        return self.trained_levels[:1] if self.loss_kind.best_only else self.trained_levels
+
+    @property
+    def reads_stored_reference(self) -> bool:
+        """Trains against the reference stage's stored log-probs (not scored in the loop)."""
+        return self.loss_kind.needs_reference and self.reference == "precomputed"
+
     @model_validator(mode="after")
     def _levels_fit_the_loss(self) -> TrainingSpec:
         levels = self.trained_levels
@@ -275,7 +280,7 @@ class TrainingSpec(Block):
                 f"levels {levels} must name at least 2 of the data's num_levels "
                 f"{self.num_levels} levels (0 .. {self.num_levels - 1})"
             )
-        wanted = LOSS_LEVELS[self.loss]
+        wanted = self.loss_kind.levels
         if wanted is not None and len(levels) != wanted:
             hint = f"; for example levels: [0, {self.num_levels - 1}]" if wanted == 2 else ""
             raise ValueError(
@@ -284,7 +289,7 @@ class TrainingSpec(Block):
         if self.lora is not None and self.deepspeed.zero_stage == 3:
             raise ValueError("lora with deepspeed.zero_stage 3 is not supported: use stage 2")
         quantized = self.lora is not None and self.lora.quantize_base is not None
-        if quantized and self.reference == "precomputed" and self.loss != "sft":
+        if quantized and self.reads_stored_reference:
             # the reference stage scores the unquantized model: at step 0 the margins would be
             # the quantization error, not 0 (the same reason as reference_dtype_mismatch)
             raise ValueError(

@@ -126,7 +126,7 @@ class JobSpec(Block):
         training = self.training
         recipes = [training] + [training.arm(arm) for arm in training.compare.arms]
         recipes += [training.online_recipe()] if training.online.rounds else []
-        stored = any(r.loss != "sft" and r.reference == "precomputed" for r in recipes)
+        stored = any(recipe.reads_stored_reference for recipe in recipes)
         entry = self.root_model(str(self.reference.model or training.policy))
         dtype = self.models[entry].dtype if entry in self.models else "auto"
         trains_in = weights_dtype(training.precision)

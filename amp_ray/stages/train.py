@@ -92,14 +92,11 @@ class TrainStage(Stage):
         return {arm: training.arm(arm) for arm in arms(training)}
 
     def reads_stored_reference(self) -> bool:
-        return any(
-            recipe.loss != "sft" and recipe.reference == "precomputed"
-            for recipe in self.recipes().values()
-        )
+        return any(recipe.reads_stored_reference for recipe in self.recipes().values())
 
     def encoded_levels(self) -> list[int]:
         """The data levels some recipe trains on: each item is encoded with these once."""
-        return sorted({k for recipe in self.recipes().values() for k in trained_levels(recipe)})
+        return sorted({k for recipe in self.recipes().values() for k in recipe.read_levels})
 
     def config(self) -> dict[str, Any]:
         training = self.spec.training
@@ -184,7 +181,7 @@ class TrainStage(Stage):
         if recipe is None:
             levels = (training.num_levels, self.encoded_levels(), self.reads_stored_reference())
         else:
-            levels = (recipe.num_levels, trained_levels(recipe), recipe.reference == "precomputed")
+            levels = (recipe.num_levels, recipe.read_levels, recipe.reference == "precomputed")
         kwargs = {
             "processor_path": model_uri(self.spec, self.run_dir, str(training.policy)),
             "max_length": training.max_length,
@@ -295,7 +292,7 @@ class TrainStage(Stage):
 
         # the reference stays the starting policy, wherever a run's weights start from
         policy = model_uri(self.spec, self.run_dir, str(recipe.policy))
-        in_loop = recipe.loss != "sft" and recipe.reference == "in_loop"
+        in_loop = recipe.loss_kind.needs_reference and recipe.reference == "in_loop"
         encoded = start.encoded_levels if start else self.encoded_levels()
         return PreferenceLoopConfig(
             init_path=start.init_uri if start else policy,
@@ -316,7 +313,7 @@ class TrainStage(Stage):
             freeze_vision=recipe.freeze_vision,
             gradient_checkpointing=recipe.gradient_checkpointing,
             forward=recipe.forward,
-            level_index=[encoded.index(k) for k in trained_levels(recipe)],
+            level_index=[encoded.index(k) for k in recipe.read_levels],
             load=asdict(load_options(self.spec, str(recipe.policy))),
         ).to_dict()
 
@@ -363,11 +360,6 @@ class TrainStage(Stage):
             control = training.compare.control
             lines += comparison_table(metrics, runs, str(training.policy), control)
         return lines
-
-
-def trained_levels(recipe: TrainingSpec) -> list[int]:
-    """The data levels a recipe reads: the continued-SFT control reads y_0 alone."""
-    return recipe.trained_levels[:1] if recipe.loss == "sft" else recipe.trained_levels
 
 
 def check_num_levels(dataset: Any, num_levels: int, where: str) -> None:

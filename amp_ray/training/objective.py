@@ -1,4 +1,5 @@
-"""The spec's loss name to a call of the pure losses in amp_ray/losses."""
+"""The spec's loss name to a call of its pure function (losses/preference.py). What each loss
+needs from the data (levels, the reference, the best response alone) is in losses/table.py."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from amp_ray.losses import (
+from amp_ray.losses.preference import (
     LossOutput,
     avg_dpo_loss,
     best_response_nll,
@@ -57,12 +58,3 @@ class Objective:
         if self.loss == "sft":
             return best_response_nll(policy, lengths[:, 0])
         raise ValueError(f"unknown loss {self.loss!r}")
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.loss != "sft"
-
-    @property
-    def best_only(self) -> bool:
-        """The control objective reads y_0 alone: the other levels need no forward."""
-        return self.loss == "sft"
