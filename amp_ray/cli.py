@@ -176,7 +176,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Print the headline table, write the report, and say where."""
     import posixpath
 
-    from amp_ray.evaluation.report import write_report
+    from amp_ray.report.document import write_report
 
     out = args.out or posixpath.join(args.runs[0].rstrip("/"), "report")
     paths = write_report(args.runs, out)

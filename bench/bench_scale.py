@@ -22,7 +22,6 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from amp_ray.storage.raysink import write_ray
 from amp_ray.storage.schemas import ENCODED_LEVELS, QUARANTINE
 from amp_ray.training.inputs import PlannedInputs
 from amp_ray.training.launch import fit
+from amp_ray.training.objective import Objective
 from amp_ray.training.optim import EngineConfig
 from amp_ray.training.preference import PreferenceLoopConfig, preference_loop
 from amp_ray.world import World
@@ -150,9 +150,9 @@ def train(encoded: Dataset, model_dir: str, steps: int, root: Path, size: int) -
     config = PreferenceLoopConfig(
         init_path=model_dir, reference_path=None, output_uri=str(root / f"model-{size}"),
         attempt="bench", storage=None,
-        objective={"loss": "mdpo", "beta": 0.1, "penalty_weight": 0.1, "length_normalise": True,
-                   "spread_over_pairs": False, "gamma": 0.5},
-        engine=asdict(engine), lora=None, freeze_vision=True, gradient_checkpointing=False,
+        objective=Objective(loss="mdpo", beta=0.1, penalty_weight=0.1, length_normalise=True,
+                            spread_over_pairs=False, gamma=0.5),
+        engine=engine, lora=None, freeze_vision=True, gradient_checkpointing=False,
         forward="shared_prefix", level_index=list(range(LEVELS)),
     )  # fmt: skip
     inputs = PlannedInputs.plan(
@@ -161,7 +161,7 @@ def train(encoded: Dataset, model_dir: str, steps: int, root: Path, size: int) -
     )  # fmt: skip
     scaling = ScalingSpec(num_workers=WORKERS, cpus_per_worker=0.5)
     result = fit(
-        preference_loop, config.to_dict(), scaling, f"bench-{size}",
+        preference_loop, config, scaling, f"bench-{size}",
         open_location(str(root / "ray")), inputs,
     )  # fmt: skip
     return result.return_value["history"]

@@ -17,15 +17,15 @@ from PIL import Image
 
 from amp_ray.errors import SpecError
 from amp_ray.evaluation.judge_pool import JudgeRater
-from amp_ray.evaluation.report import write_report
 from amp_ray.evaluation.scores import mmhal_metrics, mrhal_metrics
-from amp_ray.evaluation.world_metrics import pope_metrics
 from amp_ray.pipeline import run_job
+from amp_ray.report.document import write_report
 from amp_ray.spec import validate_spec
 from amp_ray.spec.alignment import JudgeSpec
 from amp_ray.storage import RunDir
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ANSWERS
+from amp_ray.world.metrics import pope_metrics
 
 
 def test_judge_pool_records_an_item_it_cannot_rate_with_its_reason() -> None:

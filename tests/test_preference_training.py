@@ -343,7 +343,7 @@ def test_images_that_break_are_set_aside_and_training_goes_on(
         recipe.scaling,
         "late",
         run.location.join("train", "ray"),
-        stage._inputs(encoded, recipe, config["engine"]),
+        stage._inputs(encoded, recipe, config.engine),
     )
     set_aside = set_aside_rows(result.checkpoint)
     assert set_aside, "the plan's first 16 items held no broken image"

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from amp_ray.errors import DataError
-from amp_ray.evaluation.world_metrics import CaptionScore
+from amp_ray.errors import DataError, SpecError
 from amp_ray.ranking import (
     CandidateRanker,
     CheckInput,
@@ -26,14 +25,17 @@ from amp_ray.ranking import (
     even_spread,
     make_checker,
     rank_item,
+    ranker_kwargs,
     resolve_encoder,
     rule_chunks,
     sentences,
 )
 from amp_ray.ranking.checkers import expert_values
+from amp_ray.spec.alignment import RankingSpec
 from amp_ray.storage.dataset import conform
 from amp_ray.storage.quarantine import QUARANTINE_REASON, split_batch
 from amp_ray.storage.schemas import CANDIDATES, PREFERENCES
+from amp_ray.world.metrics import CaptionScore
 from amp_ray.world.scene import Scene, WorldObject
 from amp_ray.world.tasks import attribute, counting, describe, existence, spatial
 
@@ -389,6 +391,8 @@ def test_ground_truth_names_the_missing_key() -> None:
 def test_make_checker() -> None:
     assert make_checker("ground_truth").name == "ground_truth"
     assert make_checker("embedding", tau=0.5).tau == 0.5  # type: ignore[attr-defined]
+    with pytest.raises(SpecError, match=r"ranking\.tau"):
+        make_checker("embedding")
     with pytest.raises(Exception, match=r"ranking\.checker"):
         make_checker("judge")
 
@@ -543,9 +547,10 @@ def test_candidate_ranker_quarantines_a_failed_check() -> None:
     table = table.set_column(
         table.column_names.index("annotations"), "annotations", pa.array([None], pa.string())
     )
-    out = CandidateRanker("ground_truth", num_levels=4)(table)
+    out = CandidateRanker(**ranker_kwargs(RankingSpec(checker="ground_truth"), 4))(table)
     (reason,) = out.column(QUARANTINE_REASON).to_pylist()
     assert "annotations" in reason
     assert out.column("candidates").to_pylist()[0][1]["accuracy"] is None
-    empty = CandidateRanker("ground_truth")(candidates_table().slice(0, 0))
+    ranker = CandidateRanker(**ranker_kwargs(RankingSpec(checker="ground_truth"), 4))
+    empty = ranker(candidates_table().slice(0, 0))
     assert empty.num_rows == 0

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from amp_ray.cli import main
-from amp_ray.evaluation.report import HEADLINE, headline_lines, load, write_report
-from amp_ray.evaluation.report_plots import headline_panels
+from amp_ray.report.document import HEADLINE, headline_lines, load, write_report
+from amp_ray.report.plots import headline_panels
 from amp_ray.spec.blocks import StorageSpec
 from amp_ray.storage import RunDir, open_location
 from amp_ray.storage.schemas import SCHEMAS

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from amp_ray.evaluation.report import write_report
+from amp_ray.report.document import write_report
 from amp_ray.storage import RunDir
 from amp_ray.storage.schemas import SCHEMAS
 

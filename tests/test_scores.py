@@ -11,7 +11,7 @@ from amp_ray.evaluation.judging import JudgeFailure, JudgeRequest, check_ratings
 from amp_ray.evaluation.scores import by_question_type, mmhal_metrics, mrhal_metrics
 from amp_ray.evaluation.world_eval import mrhal_from_world
 from amp_ray.evaluation.world_judge import GroundTruthJudge, rubric_rating
-from amp_ray.ranking.checkers import RoundCounts
+from amp_ray.world.facts import RoundCounts
 from amp_ray.world.tasks import attribute, counting, describe, existence, spatial
 
 # Three dialogues of 3, 2 and 3 rounds.

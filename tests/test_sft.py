@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,21 +28,19 @@ def loop_config(tiny_dir: str, output: Path, steps: int, zero_stage: int = 2) ->
         output_uri=str(output),
         attempt=new_model_attempt(),
         storage=None,
-        engine=asdict(
-            EngineConfig(
-                steps=steps,
-                micro_batch_size=8,
-                gradient_accumulation_steps=2,
-                optimizer=OptimizerSpec(lr=1e-2).model_dump(),
-                schedule=ScheduleSpec(name="constant", warmup_steps=0).model_dump(),
-                max_grad_norm=1.0,
-                zero_stage=zero_stage,
-                precision="fp32",
-                checkpoint_every=4,
-                log_every=2,
-                seed=0,
-                threads=1,
-            )
+        engine=EngineConfig(
+            steps=steps,
+            micro_batch_size=8,
+            gradient_accumulation_steps=2,
+            optimizer=OptimizerSpec(lr=1e-2).model_dump(),
+            schedule=ScheduleSpec(name="constant", warmup_steps=0).model_dump(),
+            max_grad_norm=1.0,
+            zero_stage=zero_stage,
+            precision="fp32",
+            checkpoint_every=4,
+            log_every=2,
+            seed=0,
+            threads=1,
         ),
     )
 
@@ -86,7 +83,7 @@ def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
     scaling = ScalingSpec(num_workers=2, cpus_per_worker=0.5)
     first = loop_config(tiny_dir, tmp_path / "model", steps=8)
     inputs = planned(encoded, tiny_dir, 8)
-    result = fit(sft_loop, first.to_dict(), scaling, "sft-test", storage, inputs)
+    result = fit(sft_loop, first, scaling, "sft-test", storage, inputs)
     history = result.return_value["history"]
     assert [m["step"] for m in history] == [2, 4, 6, 8]
     later = (history[-1]["loss"] + history[-2]["loss"]) / 2
@@ -98,7 +95,7 @@ def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(
     # the resumed workers' plan starts at the checkpoint: no rows of steps 1-8 are read again
     assert sorted(inputs.dataset_for(storage.join("sft-test"))().unique("step")) == [8, 9, 10, 11]
     assert len(inputs.dataset_for(storage.join("no-such-run"))().unique("step")) == 12
-    resumed = fit(sft_loop, again.to_dict(), scaling, "sft-test", storage, inputs)
+    resumed = fit(sft_loop, again, scaling, "sft-test", storage, inputs)
     assert resumed.return_value["start_step"] == 8
     assert [m["step"] for m in resumed.return_value["history"]] == [10, 12]
     assert resumed.return_value["history"][0]["loss"] < history[0]["loss"]
@@ -125,7 +122,7 @@ def test_zero3_exports_a_complete_model(tiny_dir: str, encoded, tmp_path: Path) 
     config = loop_config(tiny_dir, tmp_path / "model", steps=2, zero_stage=3)
     scaling = ScalingSpec(num_workers=2, cpus_per_worker=0.5)
     storage = open_location(str(tmp_path / "ray"))
-    fit(sft_loop, config.to_dict(), scaling, "sft-zero3", storage, planned(encoded, tiny_dir, 2))
+    fit(sft_loop, config, scaling, "sft-zero3", storage, planned(encoded, tiny_dir, 2))
     commit_model(open_location(str(tmp_path / "model")), config.attempt)
     trained = load_model(local_model_path(str(tmp_path / "model")))
     initial = load_model(tiny_dir)

@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 
 from amp_ray.evaluation.world_eval import world_metric_rows
-from amp_ray.evaluation.world_metrics import (
+from amp_ray.storage.schemas import ANSWERS
+from amp_ray.world.metrics import (
     CaptionScore,
     caption_metrics,
     mention_rate,
@@ -16,7 +17,6 @@ from amp_ray.evaluation.world_metrics import (
     pope_answer,
     pope_metrics,
 )
-from amp_ray.storage.schemas import ANSWERS
 
 KINDS = ["circle", "square", "triangle", "cross", "ring", "diamond"]
 

@@ -71,3 +71,14 @@ def by_question_type(
         out[f"score@{kind}"] = fmean(grouped[kind])
         out[f"hallucination_rate@{kind}"] = _rate(grouped[kind])
     return out
+
+
+def weighted_mean(pairs: list[tuple[float, int | None]]) -> float | None:
+    """The item-count-weighted mean of (value, count) pairs; the plain mean where no count is
+    known; None for no pairs."""
+    if not pairs:
+        return None
+    counts = [count or 0 for _, count in pairs]
+    if sum(counts) == 0:
+        return sum(value for value, _ in pairs) / len(pairs)
+    return sum(value * n for (value, _), n in zip(pairs, counts, strict=True)) / sum(counts)

@@ -11,7 +11,7 @@ import pyarrow as pa
 from amp_ray.evaluation.judging import JudgeFailure, JudgeRequest
 from amp_ray.evaluation.scores import by_question_type, mrhal_metrics
 from amp_ray.evaluation.world_judge import GroundTruthJudge
-from amp_ray.evaluation.world_metrics import (
+from amp_ray.world.metrics import (
     CaptionScore,
     caption_metrics,
     mention_rate,

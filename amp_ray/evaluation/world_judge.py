@@ -1,8 +1,8 @@
 """The synthetic world's judge: the MRHal-Bench 0–6 rubric applied from exact ground truth.
 
 The rubric has two axes: does the answer hallucinate, and how informative is it. On the world
-both are counted, per round, by the ground-truth checker's fact counts (ranking/checkers.py: the
-same counts that rank the preference candidates):
+both are counted, per round, by the world's fact counts (world/facts.py: the same counts that
+rank the preference candidates with the ground-truth checker):
 
 - hallucinates: the round says at least one false thing (an absent object, a wrong colour, a
   wrong count or neighbour, "yes" to an absent object);
@@ -19,8 +19,7 @@ import json
 
 from amp_ray.errors import DataError
 from amp_ray.evaluation.judging import JudgeFailure, JudgeRequest, Judgment
-from amp_ray.evaluation.world_metrics import pope_answer
-from amp_ray.ranking.checkers import (
+from amp_ray.world.facts import (
     RoundCounts,
     WorldTruth,
     content_counts,
@@ -28,6 +27,7 @@ from amp_ray.ranking.checkers import (
     existence_counts,
     repeats,
 )
+from amp_ray.world.metrics import pope_answer
 
 
 def round_counts(text: str, reference: str, facts: dict, truth: WorldTruth) -> RoundCounts:

@@ -133,8 +133,6 @@ def rank_item(
       levels.
     Raises DataError for a candidate with initial_rank < 1 (0 is the reference's).
     """
-    if num_levels < 2:
-        raise ValueError(f"num_levels must be at least 2, got {num_levels}")
     if len(results) != len(candidates):
         raise ValueError(f"{len(results)} check results for {len(candidates)} candidates")
     for candidate in candidates:

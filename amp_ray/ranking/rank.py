@@ -15,7 +15,6 @@ import torch
 
 from amp_ray.errors import DataError
 from amp_ray.ranking.checkers import CheckInput, make_checker
-from amp_ray.ranking.encoder import DEFAULT_ENCODER
 from amp_ray.ranking.levels import CANDIDATE_KEYS, RankedItem, rank_item, reference_candidate
 from amp_ray.runtime import torch_threads_for
 from amp_ray.storage.quarantine import QUARANTINE_REASON
@@ -59,12 +58,7 @@ class CandidateRanker:
     """
 
     def __init__(
-        self,
-        checker_kind: str = "embedding",
-        encoder: str = DEFAULT_ENCODER,
-        tau: float = 0.85,
-        num_levels: int = 4,
-        num_cpus: float = 1.0,
+        self, checker_kind: str, encoder: str, tau: float, num_levels: int, num_cpus: float
     ) -> None:
         torch.set_num_threads(torch_threads_for(num_cpus))
         self.checker = make_checker(checker_kind, encoder, tau)

@@ -220,7 +220,7 @@ class EvaluateStage(Stage):
         metrics.commit()
 
     def summary(self) -> list[str]:
-        from amp_ray.evaluation.report import headline_lines
+        from amp_ray.report.document import headline_lines
 
         # the report stage prints the same table at the job's end
         show = "report" not in self.spec.stages

@@ -38,7 +38,7 @@ class ReportStage(Stage):
         return {}
 
     def run(self) -> StageCounts:
-        from amp_ray.evaluation.report import write_report
+        from amp_ray.report.document import write_report
 
         self.paths = write_report(
             [self.run_dir.uri], self.run_dir.location.join(self.name).uri, self.spec.storage

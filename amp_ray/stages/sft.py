@@ -14,7 +14,6 @@ import functools
 import hashlib
 import tempfile
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -231,16 +230,14 @@ class SftStage(Stage):
             init_path=model_uri(self.spec, self.run_dir, run.init),
             output_uri=location.uri,
             attempt=attempt,
-            storage=self.spec.storage.model_dump(),
-            engine=asdict(engine),
-            load=asdict(load_options(self.spec, run.init)),
+            storage=self.spec.storage,
+            engine=engine,
+            load=load_options(self.spec, run.init),
         )
         storage = self.run_dir.location.join(self.name, "ray")
         self.ensure_resources([workers_request("sft.scaling", sft.scaling, f"training {name}")])
         tracker = self.training_tracker(name, run.steps)
-        result = fit(
-            sft_loop, config.to_dict(), sft.scaling, name, storage, inputs, tracker=tracker
-        )
+        result = fit(sft_loop, config, sft.scaling, name, storage, inputs, tracker=tracker)
         commit_model(location, attempt, {"settings": settings, "final": dict(result.metrics or {})})
         return inputs.num_items
 

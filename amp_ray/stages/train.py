@@ -23,7 +23,7 @@ import json
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +39,10 @@ from amp_ray.stages.base import Encoding, Stage, StageCounts
 from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON
 from amp_ray.storage.run import fingerprint
 from amp_ray.training.runs import PlannedRun, arms, equal_step_runs, equal_time_runs
+
+if TYPE_CHECKING:  # torch-side types: the stage imports them where it builds the run
+    from amp_ray.training.optim import EngineConfig
+    from amp_ray.training.preference import PreferenceLoopConfig
 
 HOW_IT_RUNS = {
     "encode_actors": True,
@@ -253,8 +257,8 @@ class TrainStage(Stage):
             recipe.scaling,
             f"{run.model}-{fingerprint(settings, {})}",
             self.run_dir.location.join(self.name, "ray"),
-            inputs=self._inputs(encoded, recipe, config["engine"]),
-            tracker=self.training_tracker(run.model, config["engine"]["steps"]),
+            inputs=self._inputs(encoded, recipe, config.engine),
+            tracker=self.training_tracker(run.model, config.engine.steps),
         )
         history = _history(result)
         set_aside = set_aside_rows(result.checkpoint)
@@ -262,7 +266,7 @@ class TrainStage(Stage):
         commit_model(location, attempt, metadata)
         return RunResult(run, history, set_aside)
 
-    def _inputs(self, encoded: Any, recipe: TrainingSpec, engine: dict[str, Any]) -> Any:
+    def _inputs(self, encoded: Any, recipe: TrainingSpec, engine: EngineConfig) -> Any:
         """The run's planned inputs (training/inputs.py) over the encoded dataset."""
         from amp_ray.training.inputs import PlannedInputs
 
@@ -270,11 +274,11 @@ class TrainStage(Stage):
             encoded,
             processor_path=model_uri(self.spec, self.run_dir, str(recipe.policy)),
             storage=self.spec.storage,
-            seed=engine["seed"],
+            seed=engine.seed,
             micro_batch_size=recipe.micro_batch_size,
             accumulation=recipe.gradient_accumulation_steps,
             num_workers=recipe.scaling.num_workers,
-            steps=engine["steps"],
+            steps=engine.steps,
             input_cpus=recipe.input_cpus,
             trust_remote_code=load_options(self.spec, str(recipe.policy)).trust_remote_code,
         )
@@ -286,7 +290,8 @@ class TrainStage(Stage):
         output_uri: str,
         attempt: str,
         start: RunStart | None = None,
-    ) -> dict[str, Any]:
+    ) -> PreferenceLoopConfig:
+        from amp_ray.training.objective import Objective
         from amp_ray.training.optim import EngineConfig
         from amp_ray.training.preference import PreferenceLoopConfig
 
@@ -299,23 +304,16 @@ class TrainStage(Stage):
             reference_path=policy if in_loop else None,
             output_uri=output_uri,
             attempt=attempt,
-            storage=self.spec.storage.model_dump(),
-            objective={
-                "loss": recipe.loss,
-                "beta": recipe.beta,
-                "penalty_weight": recipe.penalty.weight,
-                "length_normalise": recipe.penalty.length_normalise,
-                "spread_over_pairs": recipe.penalty.spread_over_pairs,
-                "gamma": recipe.gamma,
-            },
-            engine=asdict(EngineConfig.from_block(recipe, run.steps, self.spec.seed + run.seed)),
-            lora=recipe.lora.model_dump() if recipe.lora else None,
+            storage=self.spec.storage,
+            objective=Objective.from_recipe(recipe),
+            engine=EngineConfig.from_block(recipe, run.steps, self.spec.seed + run.seed),
+            lora=recipe.lora,
             freeze_vision=recipe.freeze_vision,
             gradient_checkpointing=recipe.gradient_checkpointing,
             forward=recipe.forward,
             level_index=[encoded.index(k) for k in recipe.read_levels],
-            load=asdict(load_options(self.spec, str(recipe.policy))),
-        ).to_dict()
+            load=load_options(self.spec, str(recipe.policy)),
+        )
 
     # -- outputs ----------------------------------------------------------------------------
 

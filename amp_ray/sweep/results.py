@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from amp_ray.evaluation.report_blocks import weighted_mean
+from amp_ray.evaluation.scores import weighted_mean
 from amp_ray.storage.run import RunDir
 from amp_ray.sweep.trials import TrialPlan
 from amp_ray.training.tables import mean_sd

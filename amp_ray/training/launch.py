@@ -11,8 +11,8 @@ from amp_ray.training.inputs import PlannedInputs
 
 
 def fit(
-    loop: Callable[[dict[str, Any]], None],
-    config: dict[str, Any],
+    loop: Callable[[dict[str, Any]], Any],
+    config: Any,
     scaling: ScalingSpec,
     name: str,
     storage: Location,
@@ -21,6 +21,9 @@ def fit(
     tracker: Any = None,
 ) -> Any:
     """Run `loop` on `scaling.num_workers` Ray Train workers; returns the ray.train Result.
+
+    `config` is the run's settings as one typed object built once on the driver (SftLoopConfig,
+    PreferenceLoopConfig): the loop reads it whole as `config["loop"]`, never rebuilt from a dict.
 
     Each worker streams its own share of `inputs` (training/inputs.py) as its "train" dataset
     shard. Checkpoints go to `storage/name`. Re-running with the same name and storage resumes
@@ -38,7 +41,7 @@ def fit(
     use_gpu = scaling.gpus_per_worker > 0
     trainer = TorchTrainer(
         loop,
-        train_loop_config=config,
+        train_loop_config={"loop": config},
         # NCCL where the workers' GPUs are CUDA devices; gloo where they are logical only
         torch_config=TorchConfig(backend="nccl" if use_gpu and cuda_on(scaling) else "gloo"),
         scaling_config=ScalingConfig(

@@ -4,6 +4,7 @@ needs from the data (levels, the reference, the best response alone) is in losse
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from amp_ray.losses.preference import (
     mixed_dpo_loss,
     pairwise_loss,
 )
+
+if TYPE_CHECKING:
+    from amp_ray.spec.alignment import TrainingSpec
 
 PAIR_KINDS = {"dpo": "sigmoid", "ipo": "ipo", "slic": "hinge"}
 
@@ -29,6 +33,18 @@ class Objective:
     length_normalise: bool
     spread_over_pairs: bool
     gamma: float
+
+    @classmethod
+    def from_recipe(cls, recipe: TrainingSpec) -> Objective:
+        """The loss settings of a training block (or a compared arm's)."""
+        return cls(
+            loss=recipe.loss,
+            beta=recipe.beta,
+            penalty_weight=recipe.penalty.weight,
+            length_normalise=recipe.penalty.length_normalise,
+            spread_over_pairs=recipe.penalty.spread_over_pairs,
+            gamma=recipe.gamma,
+        )
 
     def __call__(
         self,

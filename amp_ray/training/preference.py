@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,34 +35,30 @@ class PreferenceLoopConfig:
     reference_path: str | None  # a frozen reference to run in the loop; None: ref_logps in data
     output_uri: str
     attempt: str
-    storage: dict[str, Any] | None
-    objective: dict[str, Any]  # Objective fields
-    engine: dict[str, Any]  # EngineConfig fields
-    lora: dict[str, Any] | None
+    storage: StorageSpec | None
+    objective: Objective
+    engine: EngineConfig
+    lora: LoraSpec | None
     freeze_vision: bool
     gradient_checkpointing: bool
     forward: str  # "shared_prefix" or "full"
     level_index: list[int]  # which of the encoded levels this recipe trains on, best first
-    load: dict[str, Any] = field(default_factory=dict)  # LoadOptions fields but the dtype
+    load: LoadOptions = field(default_factory=LoadOptions)  # its dtype: the engine's precision
     shuffle_window: int = 1024
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @property
     def load_options(self) -> LoadOptions:
         """The policy's (and an in-loop reference's) load options, in the dtype its weights
         train in: bf16 training keeps them in bfloat16."""
-        return replace(LoadOptions(**self.load), dtype=weights_dtype(self.engine["precision"]))
+        return replace(self.load, dtype=weights_dtype(self.engine.precision))
 
 
 def load_policy(cfg: PreferenceLoopConfig, path: str, device: Any) -> tuple[Any, int]:
     """The policy to train, and its count of trainable parameters."""
     from amp_ray.models.loading import freeze_all_but_language_model, load_model
 
-    lora = LoraSpec(**cfg.lora) if cfg.lora else None
-    model = load_model(path, cfg.load_options, device, lora, cfg.gradient_checkpointing)
-    if cfg.freeze_vision and lora is None:
+    model = load_model(path, cfg.load_options, device, cfg.lora, cfg.gradient_checkpointing)
+    if cfg.freeze_vision and cfg.lora is None:
         freeze_all_but_language_model(model)
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -83,11 +79,11 @@ def set_up_worker(cfg: PreferenceLoopConfig, device: Any) -> WorkerState:
     from amp_ray.models.store import local_model_path
     from amp_ray.training.worker import build_engine
 
-    storage = StorageSpec(**cfg.storage) if cfg.storage else None
+    storage = cfg.storage
     path = local_model_path(cfg.init_path, storage)
     mode = "shared" if cfg.forward == "shared_prefix" else "full"
     policy, trainable = load_policy(cfg, path, device)
-    engine = build_engine(LevelScorer(policy, mode), EngineConfig(**cfg.engine))
+    engine = build_engine(LevelScorer(policy, mode), cfg.engine)
     reference: Any = None
     if cfg.reference_path == cfg.init_path and cfg.lora:
         # the reference is the policy's base: the adapters switched off, no second model
@@ -127,8 +123,8 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     from amp_ray.training import worker
     from amp_ray.training.inputs import SetAside, check_step, micro_batches_of, planned_steps
 
-    cfg = PreferenceLoopConfig(**config)
-    opt = EngineConfig(**cfg.engine)
+    cfg: PreferenceLoopConfig = config["loop"]
+    opt = cfg.engine
     torch.set_num_threads(opt.threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -143,7 +139,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     shard = ray.train.get_dataset_shard("train")
     planned = planned_steps(shard, opt.micro_batch_size, share, rank, start_step)
     set_aside = SetAside.restore(ray.train.get_checkpoint(), rank)
-    objective = Objective(**cfg.objective)
+    objective = cfg.objective
     pad = state.processor.tokenizer.pad_token_id
     window: dict[str, float] = defaultdict(float)
     while step < opt.steps:
@@ -172,7 +168,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
             worker.save_checkpoint(engine, step, metrics, files, set_aside.files(rank))
         else:
             ray.train.report(metrics)
-    adapter_base = cfg.init_path if cfg.lora and cfg.lora.get("export") == "adapter" else None
+    adapter_base = cfg.init_path if cfg.lora and cfg.lora.export == "adapter" else None
     worker.export_model(
         engine,
         state.processor,

@@ -7,7 +7,7 @@ same `sequence_logprobs` that scores preferences.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,16 +26,13 @@ class SftLoopConfig:
     init_path: str  # model to start from: directory, s3:// URI or hub id
     output_uri: str  # model store location; the model goes under output_uri/attempt
     attempt: str
-    storage: dict[str, Any] | None  # StorageSpec fields, for s3 options
-    engine: dict[str, Any]  # EngineConfig fields
-    load: dict[str, Any] = field(default_factory=dict)  # LoadOptions fields but the dtype
+    storage: StorageSpec | None  # for s3 options
+    engine: EngineConfig
+    load: LoadOptions = field(default_factory=LoadOptions)  # its dtype: the engine's precision
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_options(self, precision: str) -> LoadOptions:
+    def load_options(self) -> LoadOptions:
         """The model's load options, in the dtype its weights train in."""
-        return replace(LoadOptions(**self.load), dtype=weights_dtype(precision))
+        return replace(self.load, dtype=weights_dtype(self.engine.precision))
 
 
 def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
@@ -60,14 +57,14 @@ def sft_loop(config: dict[str, Any]) -> dict[str, Any]:
         seed_everything,
     )
 
-    cfg = SftLoopConfig(**config)
-    opt = EngineConfig(**cfg.engine)
+    cfg: SftLoopConfig = config["loop"]
+    opt = cfg.engine
     torch.set_num_threads(opt.threads)
     rank = ray.train.get_context().get_world_rank()
     seed_everything(opt.seed + rank)
-    storage = StorageSpec(**cfg.storage) if cfg.storage else None
+    storage = cfg.storage
     path = local_model_path(cfg.init_path, storage)
-    options = cfg.load_options(opt.precision)
+    options = cfg.load_options()
     processor = load_processor(path, options.trust_remote_code)
     device = train_worker_device(f"sft.scaling:{cfg.output_uri.rstrip('/').split('/')[-1]}")
     model = load_model(path, options, device)

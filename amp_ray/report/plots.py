@@ -4,7 +4,7 @@ sweep's objective per point.
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no display is needed and no
 global backend or figure state is touched, so the driver process and the tests can draw safely.
-`figures` picks each figure's data out of report.py's ReportData; the drawing functions take plain
+`figures` picks each figure's data out of document.py's ReportData; the drawing functions take plain
 Python data and return a `Plot`, drawn or skipped with the reason the report prints.
 """
 
@@ -24,8 +24,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-if TYPE_CHECKING:  # report.py imports this module: no import back at run time
-    from amp_ray.evaluation.report import ReportData
+if TYPE_CHECKING:  # document.py imports this module: no import back at run time
+    from amp_ray.report.document import ReportData
 
 # More lines (or bars per group) than this and a figure stops being readable: models are then
 # averaged over the seeds of their arm (train/runs' arm column).
@@ -243,7 +243,7 @@ def figures(data: ReportData) -> list[Plot]:
         ]
     drawn = [*training, headline_plot(headline_panels(data)), score_plot(data)]
     if data.sweeps:
-        from amp_ray.evaluation.report_sweep import sweep_plot
+        from amp_ray.report.sweep import sweep_plot
 
         drawn.append(sweep_plot(data.sweeps))
     return drawn
@@ -251,8 +251,8 @@ def figures(data: ReportData) -> list[Plot]:
 
 def headline_panels(data: ReportData) -> list[tuple[str, list[tuple[str, list[float]]]]]:
     """Per headline column (the terminal's): every recipe's values over its seeds."""
-    from amp_ray.evaluation.report_seeds import recipe_values, recipes
-    from amp_ray.evaluation.report_terminal import terminal_columns
+    from amp_ray.report.seeds import recipe_values, recipes
+    from amp_ray.report.terminal import terminal_columns
 
     panels = []
     for column in terminal_columns(data):

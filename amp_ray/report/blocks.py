@@ -1,5 +1,5 @@
-"""The pieces a report is made of (report.py renders them as Markdown and as HTML), and how a
-value is written in them."""
+"""The pieces a report is made of (document.py renders them as Markdown and as HTML), and how
+a value is written in them."""
 
 from __future__ import annotations
 
@@ -53,14 +53,3 @@ def fmt(metric: str, value: float | None) -> str:
 def split_matches(split: str, pattern: str) -> bool:
     """`pattern` names `split`, or ends in `*` and starts it ("pope_*": every POPE category)."""
     return split == pattern or (pattern.endswith("*") and split.startswith(pattern[:-1]))
-
-
-def weighted_mean(pairs: list[tuple[float, int | None]]) -> float | None:
-    """The item-count-weighted mean of (value, count) pairs; the plain mean where no count is
-    known; None for no pairs."""
-    if not pairs:
-        return None
-    counts = [count or 0 for _, count in pairs]
-    if sum(counts) == 0:
-        return sum(value for value, _ in pairs) / len(pairs)
-    return sum(value * n for (value, _), n in zip(pairs, counts, strict=True)) / sum(counts)

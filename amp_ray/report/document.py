@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amp_ray.errors import DataError, StorageError
-from amp_ray.evaluation import report_plots as plots
-from amp_ray.evaluation.report_blocks import (
+from amp_ray.report import plots
+from amp_ray.report.blocks import (
     FAILED,
     Block,
     Heading,
@@ -33,15 +33,15 @@ from amp_ray.evaluation.report_blocks import (
     fmt,
     split_matches,
 )
-from amp_ray.evaluation.report_seeds import (
+from amp_ray.report.seeds import (
     LEGEND,
     over_seeds,
     paired_table,
     seed_lines,
     summary_table,
 )
-from amp_ray.evaluation.report_sweep import PLOT, SweepData, read_sweep, sweep_blocks
-from amp_ray.evaluation.report_terminal import model_table, terminal_columns, terminal_lines
+from amp_ray.report.sweep import PLOT, SweepData, read_sweep, sweep_blocks
+from amp_ray.report.terminal import model_table, terminal_columns, terminal_lines
 from amp_ray.storage.location import Location, open_location
 from amp_ray.storage.run import RunDir
 
@@ -360,7 +360,7 @@ def terminal_headline(data: ReportData) -> list[str]:
 
 
 def compact_headline(data: ReportData) -> list[Block]:
-    """What a reader sees first: the terminal's headline (report_terminal, report_seeds)."""
+    """What a reader sees first: the terminal's headline (terminal.py, seeds.py)."""
     if not terminal_columns(data):
         return [Para("No headline metric in these runs.")]
     if not over_seeds(data):

@@ -14,10 +14,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from amp_ray.evaluation.report_blocks import FAILED, fmt, split_matches, weighted_mean
+from amp_ray.evaluation.scores import weighted_mean
+from amp_ray.report.blocks import FAILED, fmt, split_matches
 
-if TYPE_CHECKING:  # report.py imports this module
-    from amp_ray.evaluation.report import Metric, ReportData
+if TYPE_CHECKING:  # document.py imports this module
+    from amp_ray.report.document import Metric, ReportData
 
 # (label, benchmark, metric, splits): the prior's co-occurrence and CHAIR on the world's probe and
 # iid captions, POPE, then the judged benchmarks. Splits: the first pattern that matches some

@@ -10,8 +10,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from amp_ray.evaluation import report_plots as plots
-from amp_ray.evaluation.report_blocks import Block, Heading, Image, Para, Table
+from amp_ray.report import plots
+from amp_ray.report.blocks import Block, Heading, Image, Para, Table
 from amp_ray.storage.run import RunDir
 from amp_ray.sweep.results import OK, Summary, best, summarise, summary_table
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from scipy import stats
 
-from amp_ray.evaluation.report_terminal import (
+from amp_ray.report.terminal import (
     TerminalColumn,
     fixed_width,
     rows_shown,
@@ -27,8 +27,8 @@ from amp_ray.evaluation.report_terminal import (
     wrapped,
 )
 
-if TYPE_CHECKING:  # report.py imports this module
-    from amp_ray.evaluation.report import ReportData
+if TYPE_CHECKING:  # document.py imports this module
+    from amp_ray.report.document import ReportData
 
 NOISE_MARK = "~"
 CONFIDENCE = 0.95
