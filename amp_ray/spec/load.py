@@ -54,6 +54,11 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
         value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         value = text
+    return with_value(raw, key, value, f"override {override!r}")
+
+
+def with_value(raw: dict[str, Any], key: str, value: Any, what: str = "") -> dict[str, Any]:
+    """Return a copy of `raw` with the dotted path `key` set to `value` (already parsed)."""
     result = copy.deepcopy(raw)
     node = result
     parts = key.split(".")
@@ -63,9 +68,9 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
             child = node[part] = {}
         if not isinstance(child, dict):
             prefix = ".".join(parts[: depth + 1])
-            raise SpecError(f"override {override!r}: {prefix} is a value, not a block")
+            raise SpecError(f"{what or key}: {prefix} is a value, not a block")
         node = child
-    node[parts[-1]] = value
+    node[parts[-1]] = copy.deepcopy(value)
     return result
 
 
@@ -93,9 +98,10 @@ def _validate_sweep_grid(spec: JobSpec, raw: dict[str, Any], source: str) -> Non
 
 
 def with_overrides(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `raw` with each dotted path of `values` set to its (already parsed) value."""
+    """A copy of `raw` with each dotted path of `values` set to its (already parsed) value: a
+    sweep's point is applied as values, never written out as YAML text and parsed back."""
     for key, value in values.items():
-        raw = apply_override(raw, f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}")
+        raw = with_value(raw, key, value)
     return raw
 
 
