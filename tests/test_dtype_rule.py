@@ -13,7 +13,7 @@ from amp_ray.generation.reference import scorer_kwargs
 from amp_ray.models.registry import LoadOptions, load_options
 from amp_ray.spec import validate_spec
 from amp_ray.spec.alignment import TrainingSpec
-from amp_ray.stages.train import check_reference_dtype, scored_dtypes
+from amp_ray.stages.preference_runs import check_reference_dtype, scored_dtypes
 from amp_ray.storage import open_location
 from amp_ray.storage.dataset import Dataset, DatasetWriter
 

@@ -288,7 +288,8 @@ def test_images_that_break_are_set_aside_and_training_goes_on(
     encoding sets those items aside (train/quarantine) and trains on the rest; and where an
     image breaks after encoding, the workers set the item aside at training time, train on the
     rest of each batch and count it."""
-    from amp_ray.stages.train import RunResult, TrainStage, set_aside_table
+    from amp_ray.stages.preference_runs import RunResult, set_aside_table
+    from amp_ray.stages.train import TrainStage
     from amp_ray.training.inputs import set_aside_rows
     from amp_ray.training.launch import fit
     from amp_ray.training.preference import preference_loop
@@ -320,21 +321,23 @@ def test_images_that_break_are_set_aside_and_training_goes_on(
     first = run.dataset("train", "encoded").manifest.attempt
     again = run.writer("train", "quarantine_again", "quarantine")
     stage = TrainStage(validate_spec(spec), run, force=False)
-    assert stage._encode(run.dataset("reference", "preferences"), again).manifest.attempt == first
+    assert (
+        stage.runs.encode(run.dataset("reference", "preferences"), again).manifest.attempt == first
+    )
     assert again.commit().num_rows == len(broken)
 
     # broken after encoding: the workers set the items aside as their batches reach them
     for image, content in originals.items():
         image.write_bytes(content)
     stage = TrainStage(validate_spec(spec), run, force=True)
-    encoded = stage._encode(
+    encoded = stage.runs.encode(
         run.dataset("reference", "preferences"),
         stage.run_dir.writer("train", "quarantine", "quarantine"),
     )
     assert encoded.manifest.attempt != first  # --force encodes again
     break_images()
     recipe = stage.spec.training
-    config = stage._loop_config(
+    config = stage.runs.loop_config(
         recipe, PlannedRun("late", "own", 0, 4, "steps"), str(tmp_path / "late"), "a"
     )
     result = fit(
@@ -343,7 +346,7 @@ def test_images_that_break_are_set_aside_and_training_goes_on(
         recipe.scaling,
         "late",
         run.location.join("train", "ray"),
-        stage._inputs(encoded, recipe, config.engine),
+        stage.runs.inputs(encoded, recipe, config.engine),
     )
     set_aside = set_aside_rows(result.checkpoint)
     assert set_aside, "the plan's first 16 items held no broken image"

@@ -19,7 +19,7 @@ Round r = 1..training.online.rounds:
 5. `ReferenceScorer` with the fixed reference (reference.model or training.policy: the model the
    offline data was scored with), unless training.reference is in_loop.
 6. `LevelEncoder`, then `steps_per_round` steps of DPO or Mixed-DPO from the current weights
-   (`TrainStage._train` with a `RunStart`), with the starting policy as the reference.
+   (`PreferenceRuns.train` with a `RunStart`), with the starting policy as the reference.
 
 Steps 1–5 are one streaming Ray Data pass, written to train/round<r>_preferences and
 train/round<r>_quarantine; the model is train/models/<training.name>-online-r<r>. A round's data
@@ -45,6 +45,13 @@ from amp_ray.models.registry import load_options, model_uri, root_model
 from amp_ray.models.store import committed_model
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec import JobSpec
+from amp_ray.stages.preference_runs import (
+    PreferenceRuns,
+    RunResult,
+    RunStart,
+    check_reference_dtype,
+    scored_dtypes,
+)
 from amp_ray.storage import RunDir
 from amp_ray.storage.quarantine import QUARANTINE_REASON, route_quarantine
 from amp_ray.storage.raysink import write_ray
@@ -53,7 +60,6 @@ from amp_ray.storage.schemas import ITEM_FIELDS, PREFERENCES
 from amp_ray.training.runs import PlannedRun
 
 if TYPE_CHECKING:
-    from amp_ray.stages.train import RunResult, TrainStage
     from amp_ray.storage.dataset import Dataset, DatasetWriter
 
 
@@ -152,8 +158,9 @@ class OnlineRounds:
     """The online rounds of a train stage, over `source` (the offline preference rows); rows a
     round cannot use are also written to `quarantine` (train/quarantine)."""
 
-    def __init__(self, stage: TrainStage, source: Dataset, quarantine: DatasetWriter) -> None:
-        self.stage = stage
+    def __init__(self, runs: PreferenceRuns, source: Dataset, quarantine: DatasetWriter) -> None:
+        self.runs = runs
+        self.stage = stage = runs.stage  # the train stage: its config, inputs, resources
         self.spec = stage.spec
         self.run_dir = stage.run_dir
         self.source = source
@@ -169,7 +176,7 @@ class OnlineRounds:
         results = []
         for number in range(1, self.training.online.rounds + 1):
             result = self._round(number, policy)
-            location = self.stage._location(result.run)
+            location = self.runs.location(result.run)
             committed = committed_model(location)
             if committed is None:
                 raise RuntimeError(f"round {number} returned without committing {location.uri}")
@@ -182,8 +189,6 @@ class OnlineRounds:
         return results
 
     def _round(self, number: int, policy: Policy) -> RunResult:
-        from amp_ray.stages.train import RunStart, check_reference_dtype, scored_dtypes
-
         settings = self._settings(number, policy)
         data = self._data(number, policy, settings)
         quarantined = self.run_dir.dataset("train", round_dataset(number, "quarantine"))
@@ -193,7 +198,7 @@ class OnlineRounds:
             scorer = reference_entry(self.spec)
             where = f"train/{round_dataset(number)}"
             check_reference_dtype(scored_dtypes(data), self.recipe, where, scorer)
-        encoded = self.stage._encode(data, self.quarantine, self.recipe, f"_round{number}")
+        encoded = self.runs.encode(data, self.quarantine, self.recipe, f"_round{number}")
         if encoded.num_rows == 0:
             self.quarantine.commit()  # so that the reasons can be read
             raise DataError(
@@ -214,7 +219,7 @@ class OnlineRounds:
             list(range(self.recipe.num_levels)),
             {**settings, "data": data.manifest.attempt},
         )
-        return self.stage._train(run, encoded, start)
+        return self.runs.train(run, encoded, start)
 
     def _settings(self, number: int, policy: Policy) -> dict[str, Any]:
         """What round `number` depends on: the stage's settings less the round count (a later

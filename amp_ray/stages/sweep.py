@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from amp_ray.errors import SpecError
 from amp_ray.stages.base import Stage, StageCounts
-from amp_ray.stages.train import HOW_IT_RUNS, TrainStage
+from amp_ray.stages.preference_runs import HOW_IT_RUNS
+from amp_ray.stages.train import TrainStage
 from amp_ray.storage.run import fingerprint
 from amp_ray.sweep.trials import UPSTREAM, plan, trials
 
