@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from amp_ray.data.formats import BadRow
+from amp_ray.data.records import BadRow
 from amp_ray.errors import DataError
 from amp_ray.evaluation.benchmarks import benchmark_record_to_row, read_benchmark
 from amp_ray.spec.blocks import StorageSpec

@@ -18,12 +18,12 @@ from PIL import Image
 from amp_ray.cli import main
 from amp_ray.data import formats
 from amp_ray.data.formats import (
-    BadRow,
     export_preferences,
     import_preferences,
     record_to_row,
     row_to_records,
 )
+from amp_ray.data.records import BadRow
 from amp_ray.errors import DataError, StorageError
 from amp_ray.storage.location import open_location
 from amp_ray.storage.schemas import ITEMS, PREFERENCES
@@ -346,14 +346,14 @@ def test_bad_amp_rows_go_to_quarantine_with_their_reason(tmp_path: Path) -> None
     result = import_preferences("amp_json", str(tmp_path / "amp.json"))
     assert result.items.column("item_id").to_pylist() == ["good"] and result.rows_in == 13
     reasons = {row["item_id"]: row["reason"] for row in result.quarantine.to_pylist()}
-    assert reasons["no-image"].startswith("missing key 'image' (record 1 of amp.json)")
+    assert reasons["no-image"].startswith("record lacks 'image' (record 1 of amp.json)")
     assert reasons["one-output"].startswith("1 output(s): a preference needs output_1 and output_2")
     assert reasons["swapped"].startswith("output_2 turn 0 is from 'gpt', expected 'human'")
     assert reasons["empty"].startswith("the answer of output_2 is empty in round 0")
     assert reasons["blank"].startswith("the answer of output_1 is empty in round 0")
     assert reasons["other-question"].startswith("human turns differ across outputs: output_2")
     assert reasons["no-answer"].startswith("output_1 ends with a human turn that has no gpt answer")
-    assert reasons["gap"].startswith("missing key 'output_2'")
+    assert reasons["gap"].startswith("record lacks 'output_2'")
     assert reasons["missing-file"].startswith(f"image {tmp_path}/images/nowhere.png does not exist")
     assert reasons["good"].startswith("duplicate item_id 'good' (first in record 0 of amp.json)")
     assert reasons["bad-text"].startswith("text is not valid UTF-8 (in key 'output_1')")
@@ -396,7 +396,7 @@ def test_bad_trl_and_pairs_rows_go_to_quarantine(tmp_path: Path) -> None:
     assert unreadable[0]["reason"].startswith("line 1 is not JSON")
     assert json.loads(unreadable[0]["row_json"]) == {"line": 1, "text": "{not json"}
     pairs = [{"image": "/a.png", "question": "q ?", "chosen": "yes .", "idx": 1}]
-    with pytest.raises(BadRow, match="missing key 'rejected'"):
+    with pytest.raises(BadRow, match="record lacks 'rejected'"):
         record_to_row("pairs", pairs[0])
 
 

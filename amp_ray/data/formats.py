@@ -37,6 +37,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from amp_ray.data.items import image_bytes_problem, image_root_for, resolve_image_uri
+from amp_ray.data.records import (
+    BadRow,
+    Unreadable,
+    dialogue,
+    json_line,
+    llava_turn,
+    printable,
+    require,
+    strip_image_token,
+)
+from amp_ray.data.records import check_signature as records_check
 from amp_ray.errors import DataError, StorageError
 from amp_ray.storage.location import Location, guard, open_location
 from amp_ray.storage.quarantine import row_to_json
@@ -59,7 +70,6 @@ ID_KEYS = ("id", "idx", "question_id")
 MAX_LEVELS = 8
 DEFAULT_TASK = "imported"
 _OUTPUT_KEY = re.compile(r"output_([1-9][0-9]*)")
-_IMAGE_TOKEN = re.compile(r"\n*<image>\n*")
 _MAGIC = {b"\x89PNG": "png", b"\xff\xd8": "jpg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp"}
 
 TEXT_BLOCK = pa.struct([("text", pa.string()), ("type", pa.string())])
@@ -69,22 +79,6 @@ TRL_TYPES = {"id": pa.string(), "task": pa.string(), "images": IMAGES}
 TRL_TYPES.update(dict.fromkeys(("prompt", "chosen", "rejected"), MESSAGES))
 # HF datasets reads this schema metadata and decodes `images` as a list of Image features.
 HF_METADATA = json.dumps({"info": {"features": {"images": [{"_type": "Image"}]}}})
-
-
-class BadRow(ValueError):
-    """A record that cannot become a preference row; the message is its quarantine reason."""
-
-
-class Unreadable(BadRow):
-    """A JSONL line that is not JSON: it stands in the records, and quarantine keeps its text."""
-
-    def __init__(self, reason: str, raw: dict[str, Any]) -> None:
-        super().__init__(reason)
-        self.raw = raw
-
-
-_Reader = Callable[[Any, str], tuple[Any, str, int]]  # a turn -> (role, text, image placeholders)
-_Dialogue = tuple[list[str], list[str], int]  # (questions, answers, image placeholders)
 
 
 class _Parsed(NamedTuple):
@@ -108,7 +102,7 @@ def record_to_row(fmt: str, record: Any, image_root: Location | None = None) -> 
         try:
             json.dumps([key, value], ensure_ascii=False, default=lambda _: None).encode()
         except UnicodeEncodeError:
-            raise BadRow(f"text is not valid UTF-8 (in key {_printable(str(key))!r})") from None
+            raise BadRow(f"text is not valid UTF-8 (in key {printable(str(key))!r})") from None
     parsed = _PARSERS[fmt](record)
     names = ["the question", *(f"the answer of {cid}" for cid in parsed.level_ids)]
     for name, texts in zip(names, [parsed.questions, *parsed.levels], strict=True):
@@ -160,30 +154,25 @@ def record_item_id(fmt: str, record: dict[str, Any]) -> tuple[str, set[str]]:
         value = record.get(key)
         if value is not None and str(value).strip():
             used = {"id"} if key == "id" and isinstance(value, str) else set()
-            return _printable(str(value)), used
+            return printable(str(value)), used
     canonical = json.dumps(json.loads(row_to_json(record)), sort_keys=True)
     return f"{fmt}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}", set()
 
 
-def strip_image_token(question: str) -> str:
-    """The question without "<image>" and the newlines around it (export puts it back in front)."""
-    return _IMAGE_TOKEN.sub("", question)
-
-
 def _parse_amp_json(record: dict[str, Any]) -> _Parsed:
-    _require(record, ("image",))
+    require(record, ("image",))
     numbers = sorted(int(m.group(1)) for key in record if (m := _OUTPUT_KEY.fullmatch(key)))
     if len(numbers) < 2:
         raise BadRow(f"{len(numbers)} output(s): a preference needs output_1 and output_2 at least")
     if numbers != list(range(1, len(numbers) + 1)):
         gap = min(set(range(1, numbers[-1] + 1)) - set(numbers))
-        raise BadRow(f"missing key 'output_{gap}': outputs are numbered output_1 ... output_K")
+        raise BadRow(f"record lacks 'output_{gap}': outputs are numbered output_1 ... output_K")
     if len(numbers) > MAX_LEVELS:
         raise BadRow(f"{len(numbers)} outputs: at most {MAX_LEVELS} levels are supported")
     keys = [f"output_{n}" for n in numbers]
     questions, levels = [], []
     for key in keys:
-        asked, answers, _ = _dialogue(record[key], key, ("human", "gpt"), _llava_turn)
+        asked, answers, _ = dialogue(record[key], key, ("human", "gpt"), llava_turn)
         if len(answers) < len(asked):
             raise BadRow(f"{key} ends with a human turn that has no gpt answer")
         if levels and asked != questions:
@@ -193,30 +182,6 @@ def _parse_amp_json(record: dict[str, Any]) -> _Parsed:
         questions = asked
         levels.append(answers)
     return _Parsed(record["image"], questions, levels, keys, frozenset(["image", *keys]))
-
-
-def _dialogue(turns: Any, where: str, roles: tuple[str, str], read: _Reader) -> _Dialogue:
-    """(questions, answers, image placeholders) of alternating turns; `read` reads one turn."""
-    if not isinstance(turns, list) or not turns:
-        raise BadRow(f"{where} is not a non-empty list of turns")
-    texts: tuple[list[str], list[str]] = ([], [])
-    images = 0
-    for i, turn in enumerate(turns):
-        role, text, count = read(turn, f"{where} turn {i}")
-        if role != roles[i % 2]:
-            raise BadRow(
-                f"{where} turn {i} is from {role!r}, expected {roles[i % 2]!r} (alternation)"
-            )
-        texts[i % 2].append(text)
-        images += count
-    texts[0][0] = strip_image_token(texts[0][0])
-    return texts[0], texts[1], images
-
-
-def _llava_turn(turn: Any, where: str) -> tuple[Any, str, int]:
-    if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-        raise BadRow(f"{where} lacks 'from' or a text 'value'")
-    return turn.get("from"), turn["value"], 0
 
 
 def _trl_message(message: Any, where: str) -> tuple[Any, str, int]:
@@ -235,7 +200,7 @@ def _trl_message(message: Any, where: str) -> tuple[Any, str, int]:
 
 
 def _parse_trl(record: dict[str, Any]) -> _Parsed:
-    _require(record, ("prompt", "chosen", "rejected", "images"))
+    require(record, ("prompt", "chosen", "rejected", "images"))
     images = record["images"]
     if not isinstance(images, list) or len(images) != 1:
         raise BadRow("images must be a list of one image: an amp-ray item holds exactly one")
@@ -244,7 +209,7 @@ def _parse_trl(record: dict[str, Any]) -> _Parsed:
         questions, history, placeholders = [strip_image_token(prompt)], [], 1
     else:
         roles = ("user", "assistant")
-        questions, history, placeholders = _dialogue(prompt, "prompt", roles, _trl_message)
+        questions, history, placeholders = dialogue(prompt, "prompt", roles, _trl_message)
         if len(history) == len(questions):
             raise BadRow("the prompt ends with an assistant turn instead of the user's question")
     if placeholders != 1:
@@ -265,7 +230,7 @@ def _parse_trl(record: dict[str, Any]) -> _Parsed:
 
 def _parse_pairs(record: dict[str, Any]) -> _Parsed:
     keys = ("image", "question", "chosen", "rejected")
-    _require(record, keys)
+    require(record, keys)
     if not all(isinstance(record[key], str) for key in keys[1:]):
         raise BadRow("question, chosen and rejected must be text")
     levels = [[record["chosen"]], [record["rejected"]]]
@@ -280,12 +245,6 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], _Parsed]] = {
 }
 
 
-def _require(record: dict[str, Any], keys: Sequence[str]) -> None:
-    for key in keys:
-        if record.get(key) is None:
-            raise BadRow(f"missing key {key!r}")
-
-
 def _image_value(value: Any) -> tuple[bytes | None, str | None]:
     """(bytes, None) when the record holds the image's bytes, else (None, its path)."""
     if isinstance(value, dict):
@@ -296,10 +255,6 @@ def _image_value(value: Any) -> tuple[bytes | None, str | None]:
     if isinstance(value, str) and value.strip():
         return None, value
     raise BadRow("the image is empty, or neither a path nor a {bytes, path} struct")
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ImportResult(NamedTuple):
@@ -334,7 +289,7 @@ def records_to_tables(
         except BadRow as exc:
             item_id = record_item_id(fmt, record)[0] if isinstance(record, dict) else None
             raw = record.raw if isinstance(record, Unreadable) else record
-            reason, row_json = _printable(f"{exc} ({label})"), row_to_json(raw)
+            reason, row_json = printable(f"{exc} ({label})"), row_to_json(raw)
             bad.append({"stage": stage, "item_id": item_id, "reason": reason, "row_json": row_json})
             continue
         seen[row["item_id"]] = label
@@ -374,7 +329,7 @@ def read_records(fmt: str, file: Location) -> list[Any]:
         text = file.read_bytes().decode("utf-8", "surrogateescape")
         if file.path.endswith(".jsonl"):
             lines = enumerate(text.split("\n"), 1)
-            records = [_json_line(n, line) for n, line in lines if line.strip()]
+            records = [json_line(n, line) for n, line in lines if line.strip()]
         else:
             try:
                 records = json.loads(text)
@@ -384,31 +339,17 @@ def read_records(fmt: str, file: Location) -> list[Any]:
                 ) from None
     if not isinstance(records, list):
         raise DataError(f"{file.uri} holds a JSON {type(records).__name__}, not records")
-    check_signature(fmt, [set(r) if isinstance(r, dict) else set() for r in records], file.uri)
+    check_signature(fmt, records, file.uri)
     return records
 
 
-def _json_line(n: int, line: str) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError as exc:
-        return Unreadable(f"line {n} is not JSON ({exc})", {"line": n, "text": line})
-
-
-def check_signature(fmt: str, keys_per_record: list[set[str]], where: str) -> None:
+def check_signature(fmt: str, records: Sequence[Any], where: str) -> None:
     """Refuse a file none of whose records has the format's keys (the wrong data.source)."""
-    needed = SIGNATURES[fmt]
-    if not keys_per_record:
-        raise DataError(f"{where} holds no records")
-    if any(set(needed) <= keys for keys in keys_per_record):
-        return
-    guess = [f for f in FORMATS if any(set(SIGNATURES[f]) <= keys for keys in keys_per_record)]
-    hint = f"it looks like {guess[0]}: set data.source: {guess[0]}" if guess else None
-    raise DataError(
-        f"{where} is not {fmt}: no record has the keys {list(needed)} "
-        f"(the first has {sorted(keys_per_record[0])})",
-        hint=hint or "docs/formats.md describes amp_json, trl_dpo and pairs",
-    )
+    hint = "docs/formats.md describes amp_json, trl_dpo and pairs"
+    other = "it looks like {other}: set data.source: {other}"
+    records_check(fmt, SIGNATURES, records, where, hint, other)
+    if not any(isinstance(record, dict) for record in records):
+        raise DataError(f"{where} holds no JSON records of {fmt}", hint=hint)
 
 
 def import_preferences(

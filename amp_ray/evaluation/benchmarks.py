@@ -39,15 +39,17 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from amp_ray.data.formats import (
+from amp_ray.data.items import image_root_for, item_problem
+from amp_ray.data.records import (
     BadRow,
     Unreadable,
-    _dialogue,
-    _json_line,
-    _llava_turn,
-    _printable,
+    dialogue,
+    json_line,
+    llava_turn,
+    printable,
+    require,
 )
-from amp_ray.data.items import image_root_for, item_problem
+from amp_ray.data.records import check_signature as records_check
 from amp_ray.errors import DataError
 from amp_ray.storage.location import Location, guard, open_location
 from amp_ray.storage.quarantine import row_to_json
@@ -120,9 +122,9 @@ def benchmark_record_to_row(
 def _mrhal_row(
     record: dict[str, Any], root: Location | None, position: int, category: str | None
 ) -> dict[str, Any]:
-    _require(record, ("id", "image", "image_content", "revised"))
+    require(record, ("id", "image", "image_content", "revised"))
     content = _strings(record["image_content"], "image_content")
-    questions, answers, _ = _dialogue(record["revised"], "revised", ("human", "gpt"), _llava_turn)
+    questions, answers, _ = dialogue(record["revised"], "revised", ("human", "gpt"), llava_turn)
     if len(answers) < len(questions):
         turns = len(questions) + len(answers)
         raise BadRow(f"revised has an odd number of turns ({turns}): the last has no reference")
@@ -157,7 +159,7 @@ def _round_types(label: Any, rounds: int) -> list[str]:
 def _mmhal_row(
     record: dict[str, Any], root: Location | None, position: int, category: str | None
 ) -> dict[str, Any]:
-    _require(record, ("question_type", "image_content", "question", "gt_answer"))
+    require(record, ("question_type", "image_content", "question", "gt_answer"))
     content = _strings(record["image_content"], "image_content")
     question, answer = _text_field(record, "question"), _text_field(record, "gt_answer")
     kind = _text_field(record, "question_type")
@@ -197,14 +199,14 @@ def _mmhal_image(record: dict[str, Any]) -> str:
 def _pope_row(
     record: dict[str, Any], root: Location | None, position: int, category: str | None
 ) -> dict[str, Any]:
-    _require(record, ("question_id", "image", "text"))
+    require(record, ("question_id", "image", "text"))
     if record.get("label") is None:
         raise BadRow(
             "record lacks 'label': give POPE's labels (coco_pope_<category>.json) with them"
         )
     label = str(record["label"]).strip().lower()
     if label not in POPE_LABELS:
-        raise BadRow(f"label is {_printable(str(record['label']))!r}, not 'yes' or 'no'")
+        raise BadRow(f"label is {printable(str(record['label']))!r}, not 'yes' or 'no'")
     category = record.get("category") or category
     if not isinstance(category, str) or not category.strip():
         raise BadRow(
@@ -256,12 +258,6 @@ def _row(
     }
 
 
-def _require(record: dict[str, Any], keys: Sequence[str]) -> None:
-    for key in keys:
-        if record.get(key) is None:
-            raise BadRow(f"record lacks {key!r}")
-
-
 def _strings(value: Any, name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRow(f"{name} is not a list of strings")
@@ -283,7 +279,7 @@ def _path(record: dict[str, Any], key: str) -> str:
 
 
 def _text(value: Any) -> str:
-    return _printable(str(value))
+    return printable(str(value))
 
 
 def _image_uri(path: str, root: Location | None) -> str:
@@ -353,15 +349,9 @@ def read_benchmark(
 
 def check_signature(benchmark: str, records: Sequence[Any], where: str) -> None:
     """Refuse a file none of whose records has the benchmark's keys (another benchmark's file)."""
-    needed = set(SIGNATURES[benchmark])
-    objects = [r for r in records if isinstance(r, dict)]
-    if not objects or any(needed <= set(r) for r in objects):
-        return
-    raise DataError(
-        f"{where} is not {benchmark}: no record has the keys {sorted(needed)} "
-        f"(the first has {sorted(objects[0])})",
-        hint="the docstring of amp_ray/evaluation/benchmarks.py gives each layout",
-    )
+    hint = "the docstring of amp_ray/evaluation/benchmarks.py gives each layout"
+    other = "it looks like {other}: list it under evaluation.files.{other}"
+    records_check(benchmark, SIGNATURES, records, where, hint, other)
 
 
 def benchmark_tables(
@@ -381,7 +371,7 @@ def benchmark_tables(
         except BadRow as exc:
             raw = source.record.raw if isinstance(source.record, Unreadable) else source.record
             item_id = known_item_id(benchmark, source.record, source.position, source.category)
-            reason = _printable(f"{exc} ({source.label})")
+            reason = printable(f"{exc} ({source.label})")
             bad.append(
                 {"stage": STAGE, "item_id": item_id, "reason": reason, "row_json": row_to_json(raw)}
             )
@@ -427,7 +417,7 @@ def load_records(file: Location) -> list[Any]:
     lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if data is not None and len(lines) > 1:  # one JSON value over several lines, not a list
         raise DataError(f"{file.uri} holds a JSON {type(data).__name__}, not a list of records")
-    records = [_json_line(n, line) for n, line in lines]
+    records = [json_line(n, line) for n, line in lines]
     if not any(not isinstance(record, Unreadable) for record in records):
         raise DataError(
             f"{file.uri} is not JSON or JSON lines ({error or 'it is empty'})",
