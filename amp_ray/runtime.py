@@ -236,10 +236,16 @@ def map_with_actor_pool(
     kwargs: dict[str, Any],
     batch_format: str = "pyarrow",
     role: str | None = None,
+    whole_blocks: bool = False,
 ) -> ray.data.Dataset:
     """`dataset.map_batches` over a pool of stateful actors, each built as `fn_class(**kwargs)`,
     sized by an `ActorPoolSpec`: fixed, or [min, max] actors that grow with the cluster, placed
-    on nodes with the pool's GPUs, accelerator type and custom resources."""
+    on nodes with the pool's GPUs, accelerator type and custom resources.
+
+    `whole_blocks`: each block of `dataset` is one batch (storage/batches.fixed_batches), so that
+    which rows share a batch never follows the order blocks arrive in. Ray Data refuses whole
+    blocks to a GPU pool (it needs a batch size there); GPU pools take `pool.batch_size`, and
+    their kernels are not bit-exact run to run anyway."""
     import ray.data
 
     name = role or fn_class.__name__
@@ -256,7 +262,7 @@ def map_with_actor_pool(
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors),
         num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
-        batch_size=pool.batch_size,
+        batch_size=None if whole_blocks and not pool.num_gpus else pool.batch_size,
         batch_format=batch_format,
         **remote_args,
     )

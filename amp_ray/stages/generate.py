@@ -9,7 +9,6 @@ Outputs: generate/candidates (CANDIDATES) and generate/quarantine.
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -17,12 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
-from amp_ray.data.items import rows_not_in, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import load_options, model_uri
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec.alignment import GenerationSpec
 from amp_ray.stages.base import Stage, StageCounts
+from amp_ray.storage.batches import fixed_batches, where_in
 
 HOW_IT_RUNS = {"actors": True}
 
@@ -115,19 +114,15 @@ class GenerateStage(Stage):
         rows_in = _count_in_splits(items, self.spec.generation.splits)
 
         def pending(done: set[str]) -> Any:
-            blocks = max(2, 2 * len(pools) * actors.max_actors)
-            splits = functools.partial(
-                rows_where, column="split", values=tuple(self.spec.generation.splits)
-            )
-            unfinished = functools.partial(rows_not_in, column="item_id", values=frozenset(done))
-            rows = light_map(items.read_ray(override_num_blocks=blocks), splits)
-            rows = light_map(rows, unfinished)
-            # Blocks of one batch each: actors share the work evenly, and every finished batch
-            # is journaled on its own (a killed run loses at most the batches in flight).
-            rows = rows.repartition(target_num_rows_per_block=actors.batch_size)
+            # Fixed batches in item order, one block each (sampling is seeded per batch): actors
+            # share the work evenly, every finished batch is journaled on its own (a killed run
+            # loses at most the batches in flight), and the candidates never depend on pool
+            # sizes or on the order blocks finish in.
+            in_splits = where_in("split", self.spec.generation.splits)
+            rows = fixed_batches(items, actors.batch_size, ("split",), in_splits, done)
             rows = light_map(rows, start_candidates)
             for fn_class, kwargs in pools:
-                rows = map_with_actor_pool(rows, fn_class, actors, kwargs)
+                rows = map_with_actor_pool(rows, fn_class, actors, kwargs, whole_blocks=True)
             return rows
 
         counts = self.write_journaled(pending, "candidates", "candidates")

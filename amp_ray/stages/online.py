@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest, pool_request
-from amp_ray.data.items import rows_in
 from amp_ray.errors import DataError
 from amp_ray.models.registry import load_options, model_uri, root_model
 from amp_ray.models.store import committed_model
@@ -53,6 +52,7 @@ from amp_ray.stages.preference_runs import (
     scored_dtypes,
 )
 from amp_ray.storage import RunDir
+from amp_ray.storage.batches import fixed_batches, where_in
 from amp_ray.storage.quarantine import QUARANTINE_REASON, route_quarantine
 from amp_ray.storage.raysink import write_ray
 from amp_ray.storage.run import fingerprint
@@ -277,17 +277,18 @@ class OnlineRounds:
         )
         ids = self.source.read_table(["item_id"]).column("item_id").to_pylist()
         items = round_items(ids, self.training.online.items_per_round, self.spec.seed, number)
-        rows = self.source.read_ray().select_columns(list(ITEM_FIELDS))
-        rows = light_map(rows, functools.partial(rows_in, column="item_id", values=items))
-        # blocks of one batch each: the actors of every pool share the work evenly
-        rows = rows.repartition(target_num_rows_per_block=generation.actors.batch_size)
-        rows = light_map(rows, start_candidates)
+        # fixed batches in item order, one block each, through every pool of the round: the
+        # actors share the work evenly and the candidates never follow the pool sizes
+        batch = generation.actors.batch_size
+        rows = fixed_batches(self.source, batch, select=where_in("item_id", items))
+        rows = light_map(rows.select_columns(list(ITEM_FIELDS)), start_candidates)
         # another seed each round: BDHS picks other split points and masks, sampling other draws
         seed = stable_seed(self.spec.seed, "online", number)
         generator, kwargs = self._generator(policy, seed)
-        rows = map_with_actor_pool(rows, generator, generation.actors, kwargs)
+        rows = map_with_actor_pool(rows, generator, generation.actors, kwargs, whole_blocks=True)
         # K = 2: the reference and the worst distinct candidate below it
-        rows = map_with_actor_pool(rows, CandidateRanker, ranking.actors, ranker_kwargs(ranking, 2))
+        ranker = ranker_kwargs(ranking, 2)
+        rows = map_with_actor_pool(rows, CandidateRanker, ranking.actors, ranker, whole_blocks=True)
         if self.training.online.mix_offline:
             import ray
 
@@ -297,7 +298,9 @@ class OnlineRounds:
             return rows
         name = reference_model(self.spec)
         scorer = scorer_kwargs(self.spec, name, model_uri(self.spec, self.run_dir, name))
-        return map_with_actor_pool(rows, ReferenceScorer, reference.actors, scorer)
+        return map_with_actor_pool(
+            rows, ReferenceScorer, reference.actors, scorer, whole_blocks=True
+        )
 
     def _generator(self, policy: Policy, seed: int) -> tuple[type, dict[str, Any]]:
         """(callable class, constructor kwargs) of the round's candidate pool."""

@@ -8,16 +8,15 @@ pool, journaled like generation so a killed run resumes. Outputs: reference/pref
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
-from amp_ray.data.items import rows_not_in
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import model_uri
-from amp_ray.runtime import light_map, map_with_actor_pool
+from amp_ray.runtime import map_with_actor_pool
 from amp_ray.spec.blocks import PREFERENCE_SOURCES
 from amp_ray.stages.base import Stage, StageCounts
+from amp_ray.storage.batches import fixed_batches
 
 
 class ReferenceStage(Stage):
@@ -63,11 +62,10 @@ class ReferenceStage(Stage):
         )
 
         def pending(done: set[str]) -> Any:
-            unscored = functools.partial(rows_not_in, column="item_id", values=frozenset(done))
-            rows = light_map(preferences.read_ray(), unscored)
-            # blocks of one batch each: every actor gets work and each batch is journaled alone
-            rows = rows.repartition(target_num_rows_per_block=pool.batch_size)
-            return map_with_actor_pool(rows, ReferenceScorer, pool, kwargs)
+            # fixed batches in item order, one block each: every actor gets work, each batch is
+            # journaled alone, and its padding (so the scored floats) never follows the pools
+            rows = fixed_batches(preferences, pool.batch_size, done=done)
+            return map_with_actor_pool(rows, ReferenceScorer, pool, kwargs, whole_blocks=True)
 
         counts = self.write_journaled(pending, "preferences", "reference_logprobs")
         return StageCounts(preferences.num_rows, counts.rows_out, counts.rows_quarantined)

@@ -73,7 +73,7 @@ def result_rows(plan: TrialPlan, error: str | None) -> list[dict[str, Any]]:
     }
     if error is not None:
         return [{**common, "status": error}]
-    run: RunDir = plan.run()
+    run: RunDir = plan.open_run_dir()
     arms = {}
     for row in run.dataset("train", "runs").read_table(["model", "arm", "budget"]).to_pylist():
         arms[row["model"]] = row["arm"] + (" (equal time)" if row["budget"] == "time" else "")

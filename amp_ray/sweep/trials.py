@@ -75,7 +75,7 @@ class TrialPlan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def run(self) -> RunDir:
+    def open_run_dir(self) -> RunDir:
         """The trial's run directory, with its shared stages linked to the run's."""
         storage = StorageSpec.model_validate(self.spec["storage"])
         own = open_location(self.run_dir, storage)

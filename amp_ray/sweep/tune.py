@@ -58,7 +58,7 @@ def run_plan(plan_dict: dict[str, Any]) -> float | None:
     from amp_ray.sweep.results import objective
 
     plan = TrialPlan(**plan_dict)
-    run = plan.run()
+    run = plan.open_run_dir()
     lines: list[str] = []
     try:
         run_job(validate_spec(plan.spec), echo=lines.append, run=run)
