@@ -118,24 +118,3 @@ def in_fraction(item_id: str, fraction: float) -> bool:
 
     digest = hashlib.blake2b(item_id.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def rows_not_in(batch: pa.Table, column: str, values: frozenset[str]) -> pa.Table:
-    """The rows whose `column` is not one of `values` (e.g. items a resumed stage has done)."""
-    import pyarrow.compute as pc
-
-    if not values:
-        return batch
-    return batch.filter(pc.invert(_found(batch, column, values)))
-
-
-def rows_in(batch: pa.Table, column: str, values: frozenset[str]) -> pa.Table:
-    """The rows whose `column` is one of `values` (e.g. an online round's subset of items)."""
-    return batch.filter(_found(batch, column, values))
-
-
-def _found(batch: pa.Table, column: str, values: frozenset[str]) -> pa.ChunkedArray:
-    import pyarrow.compute as pc
-
-    found = pc.is_in(batch.column(column), value_set=pa.array(sorted(values), pa.string()))
-    return pc.fill_null(found, False)
