@@ -346,6 +346,8 @@ def read_records(fmt: str, file: Location) -> list[Any]:
 def check_signature(fmt: str, records: Sequence[Any], where: str) -> None:
     """Refuse a file none of whose records has the format's keys (the wrong data.source)."""
     hint = "docs/formats.md describes amp_json, trl_dpo and pairs"
+    if not records:
+        raise DataError(f"{where} holds no records")
     other = "it looks like {other}: set data.source: {other}"
     records_check(fmt, SIGNATURES, records, where, hint, other)
     if not any(isinstance(record, dict) for record in records):
