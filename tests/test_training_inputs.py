@@ -70,6 +70,26 @@ def test_length_buckets_batch_the_long_items_apart() -> None:
     assert mixed("buckets") < mixed("shuffle") / 2
 
 
+def test_by_length_pads_least_and_an_epoch_still_sees_every_item_once() -> None:
+    rows = [Indexed(f"i{n:03d}", 10 + (n * 37) % 90, 0, n) for n in range(256)]
+    length = {row.item_id: row.length for row in rows}
+
+    def padded_share(mode: str) -> float:
+        plan = make_plan(rows, seed=2, global_batch=8, steps=32, micro_batch_size=8, mode=mode)
+        ids = plan.column("item_id").to_pylist()
+        if mode != "buckets":  # (buckets leave out the rest of each bucket's last batch)
+            assert sorted(ids) == sorted(length)  # 32 steps of 8: one epoch, no item twice
+        micro = [[length[i] for i in ids[k : k + 8]] for k in range(0, len(ids), 8)]
+        return sum(max(batch) * len(batch) - sum(batch) for batch in micro) / len(ids)
+
+    assert padded_share("by_length") < padded_share("buckets") / 3
+    assert padded_share("buckets") < padded_share("shuffle")
+    again = make_plan(rows, seed=2, global_batch=8, steps=32, micro_batch_size=8, mode="by_length")
+    other = make_plan(rows, seed=3, global_batch=8, steps=32, micro_batch_size=8, mode="by_length")
+    first = make_plan(rows, seed=2, global_batch=8, steps=32, micro_batch_size=8, mode="by_length")
+    assert again.equals(first) and not other.equals(first)
+
+
 def test_fewer_items_than_one_global_batch_is_an_error_before_any_worker_starts() -> None:
     with pytest.raises(
         SpecError, match="5 usable training items, fewer than one global batch of 8"

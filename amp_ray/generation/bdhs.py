@@ -124,8 +124,12 @@ class BdhsCandidates(CandidateGenerator):
 
     def make(self, rows: list[dict[str, Any]], images: list[Image.Image]) -> list[list[dict]]:
         out: list[list[dict]] = [[] for _ in rows]
+        # the batch's embeddings by text: a reference is compared at every try and threshold,
+        # and short answers repeat; kept per batch, so that they never depend on which batches
+        # an actor saw before (the similarities, and so the answers, stay bit-reproducible)
+        embeddings: dict[str, torch.Tensor] = {}
         for level, rho in enumerate(sorted(self.bdhs.rho_th)):
-            states = self.rejected(rows, images, rho)
+            states = self.rejected(rows, images, rho, embeddings)
             for r in range(len(rows)):
                 mine = [s for s in states if s.row == r]
                 info = {
@@ -143,7 +147,11 @@ class BdhsCandidates(CandidateGenerator):
         return out
 
     def rejected(
-        self, rows: list[dict[str, Any]], images: list[Image.Image], rho: float
+        self,
+        rows: list[dict[str, Any]],
+        images: list[Image.Image],
+        rho: float,
+        embeddings: dict[str, torch.Tensor],
     ) -> list[RoundState]:
         """The accepted BDHS answer of every round of every row, at threshold `rho`."""
         states = [
@@ -157,7 +165,8 @@ class BdhsCandidates(CandidateGenerator):
                 break
             last = attempt == self.bdhs.max_tries
             drafts = self._draft(rows, images, pending, rho, attempt, guided=not last)
-            similarity = self._similarity([d for d, _ in drafts], [s.reference for s in pending])
+            references = [s.reference for s in pending]
+            similarity = self._similarity([d for d, _ in drafts], references, embeddings)
             for state, (draft, flipped), sim in zip(pending, drafts, similarity, strict=True):
                 state.tries, state.similarity = attempt, sim
                 if last or sim < self.bdhs.similarity_threshold:
@@ -233,7 +242,12 @@ class BdhsCandidates(CandidateGenerator):
         )
         return [result.text for result in results]
 
-    def _similarity(self, drafts: list[str], references: list[str]) -> list[float]:
-        embeddings = self.encoder.encode([*drafts, *references])
-        n = len(drafts)
-        return (embeddings[:n] * embeddings[n:]).sum(-1).tolist()
+    def _similarity(
+        self, drafts: list[str], references: list[str], embeddings: dict[str, torch.Tensor]
+    ) -> list[float]:
+        """cos(emb(draft), emb(reference)) pairwise, encoding each text the batch has not yet
+        embedded once (`embeddings`: text -> unit row, filled in)."""
+        new = list(dict.fromkeys(t for t in [*drafts, *references] if t not in embeddings))
+        embeddings.update(zip(new, self.encoder.encode(new), strict=True))
+        pairs = zip(drafts, references, strict=True)
+        return [float(embeddings[d] @ embeddings[r]) for d, r in pairs]

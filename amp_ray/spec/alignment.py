@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 from amp_ray.losses.table import LOSSES, LossKind
 from amp_ray.spec.blocks import (
     ActorPoolSpec,
+    Batching,
     Block,
     DeepSpeedSpec,
     LoraSpec,
@@ -220,6 +221,11 @@ class TrainingSpec(Block):
     )
     max_steps: PositiveInt = 3_000
     micro_batch_size: PositiveInt = 4
+    batching: Batching = Field(
+        "by_length",
+        description="how items become micro-batches; by_length pads least (a K-level item "
+        "pads every level to its longest)",
+    )
     gradient_accumulation_steps: PositiveInt = 4
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()

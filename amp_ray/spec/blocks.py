@@ -308,6 +308,10 @@ class LoraSpec(Block):
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+# How a run's items become micro-batches (training/inputs.make_plan): "shuffle" (any items
+# together), "buckets" (the longest 15% batched apart), "by_length" (items of similar length
+# together within windows of 16 micro-batches, as HF Trainer's group_by_length: least padding)
+Batching = Literal["shuffle", "buckets", "by_length"]
 
 
 def weights_dtype(precision: str) -> str:
@@ -436,6 +440,7 @@ class SftSpec(Block):
     log_every: PositiveInt = 50
     max_length: PositiveInt = 2048
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batching: Batching = Field("buckets", description="how items become micro-batches")
     max_concurrent_runs: PositiveInt = Field(
         2, description="runs trained side by side (each with its own Ray Train workers)"
     )

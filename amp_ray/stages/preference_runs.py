@@ -203,6 +203,7 @@ class PreferenceRuns:
             num_workers=recipe.scaling.num_workers,
             steps=engine.steps,
             input_cpus=recipe.input_cpus,
+            mode=recipe.batching,
             trust_remote_code=load_options(self.spec, str(recipe.policy)).trust_remote_code,
         )
 

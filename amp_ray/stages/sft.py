@@ -219,7 +219,7 @@ class SftStage(Stage):
             num_workers=sft.scaling.num_workers,
             steps=run.steps,
             input_cpus=sft.input_cpus,
-            mode="buckets",
+            mode=sft.batching,
             keep=functools.partial(in_fraction, fraction=run.data_fraction),
             trust_remote_code=load_options(self.spec, name).trust_remote_code,
         )

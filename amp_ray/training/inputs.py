@@ -42,7 +42,8 @@ PLAN = pa.schema(
         ("row", pa.int32()),  # row (= row group) within that file
     ]
 )
-BUCKET_GROUP = 16  # micro-batches whose items are length-bucketed together (mode "buckets")
+BUCKET_GROUP = 16  # micro-batches whose items are grouped by length together
+GROUPING = {"buckets": "buckets", "by_length": "sorted"}  # plan mode -> make_batches mode
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ def make_plan(
     mode: str = "shuffle",
 ) -> pa.Table:
     """The rows of every global batch of the run, in order (see the module docstring). `mode`
-    "buckets" also groups items of similar length into the same micro-batches, within windows of
-    BUCKET_GROUP micro-batches (training/worker.make_batches; SFT)."""
+    (spec.blocks.Batching): "shuffle" keeps each epoch's permutation; "buckets" and "by_length"
+    form micro-batches within windows of BUCKET_GROUP micro-batches of it, "buckets" batching the
+    longest 15% apart, "by_length" batching items of similar length together, and shuffle the
+    window's micro-batches (training/worker.make_batches; bench/bench_batching.py)."""
     from amp_ray.training.worker import make_batches
 
     if len(rows) < global_batch:
@@ -100,13 +103,13 @@ def make_plan(
     while len(columns["step"]) < needed:
         rng = random.Random(f"{seed}-plan-{epoch}")
         epoch_rows = rng.sample(ordered, len(ordered))
-        if mode == "buckets":
-            window = micro_batch_size * BUCKET_GROUP
+        if mode != "shuffle":
+            window, grouping = micro_batch_size * BUCKET_GROUP, GROUPING[mode]
             epoch_rows = [
                 row
                 for start in range(0, len(epoch_rows), window)
                 for batch in make_batches(
-                    epoch_rows[start : start + window], micro_batch_size, rng, "buckets"
+                    epoch_rows[start : start + window], micro_batch_size, rng, grouping
                 )
                 for row in batch
             ]
