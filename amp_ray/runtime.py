@@ -254,8 +254,8 @@ def map_with_actor_pool(
     import ray.data
 
     name = role or fn_class.__name__
-    if "model_name" in kwargs:
-        name = f"{name}:{kwargs['model_name']}"
+    if "model" in kwargs:  # an ActorModel (models/registry.py)
+        name = f"{name}:{kwargs['model'].name}"
     remote_args: dict[str, Any] = {}
     if pool.accelerator_type:
         remote_args["accelerator_type"] = pool.accelerator_type

@@ -14,7 +14,7 @@ from amp_ray.models.registry import LoadOptions, load_options
 from amp_ray.spec import validate_spec
 from amp_ray.spec.alignment import TrainingSpec
 from amp_ray.stages.preference_runs import check_reference_dtype, scored_dtypes
-from amp_ray.storage import open_location
+from amp_ray.storage import RunDir, open_location
 from amp_ray.storage.dataset import Dataset, DatasetWriter
 
 
@@ -48,7 +48,9 @@ def test_a_model_loads_with_its_spec_settings_and_an_sft_run_with_its_root_model
     assert load_options(job, "other").dtype == "auto"  # the checkpoint's own
     # a model this run trained: its checkpoint's dtype, its policy's root's other settings
     assert load_options(job, "aligned") == LoadOptions("auto", True, "eager")
-    assert scorer_kwargs(job, "tuned2", "uri")["load"] == LoadOptions("bfloat16", True, "eager")
+    scorer = scorer_kwargs(job, RunDir.open(str(tmp_path)), "tuned2")["model"]
+    assert scorer.load == LoadOptions("bfloat16", True, "eager")
+    assert scorer.uri == str(tmp_path / "sft" / "models" / "tuned2")
 
 
 def scored(tmp_path: Path, dtypes: list[str | None]) -> Dataset:

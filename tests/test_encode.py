@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 
-from amp_ray.data.encode import ItemEncoder, encoded_rows
+from amp_ray.data.encode import EncodeSettings, ItemEncoder, encoded_rows
 from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, split_batch
 from amp_ray.storage.schemas import ITEMS
 from amp_ray.training.inputs import image_inputs_of
@@ -23,7 +23,7 @@ def test_unusable_rows_are_quarantined_with_their_reason_and_row(
         {**good, "item_id": "nowhere", "image": None, "image_uri": "/nonexistent/image.png"},
         {**long, "item_id": "too-long"},
     ]
-    encoder = ItemEncoder(tiny_dir, max_length=40)
+    encoder = ItemEncoder(EncodeSettings(tiny_dir, max_length=40))
     table = encoder(pa.Table.from_pylist(rows, schema=ITEMS))
     reasons = dict(
         zip(
@@ -52,7 +52,7 @@ def test_stored_rows_give_the_training_inputs_that_encoding_saw(
 ) -> None:
     """Encoded rows keep the image as imported, no pixel tensors; the workers' pipeline makes
     the pixel inputs from it, equal to those of the processor call that counted the tokens."""
-    encoder = ItemEncoder(tiny_dir, max_length=512)
+    encoder = ItemEncoder(EncodeSettings(tiny_dir, max_length=512))
     table = encoder(pa.Table.from_pylist(world_items[:3], schema=ITEMS))
     assert "vision" not in table.column_names and "pixel_values" not in str(table.schema)
     usable, _ = split_batch(table, "sft")
@@ -74,7 +74,9 @@ def test_an_image_that_breaks_after_encoding_is_marked_at_training_time(
     image = tmp_path / "image.png"
     image.write_bytes(world_items[0]["image"])
     item = {**world_items[0], "image": None, "image_uri": str(image)}
-    encoded = ItemEncoder(tiny_dir, max_length=512)(pa.Table.from_pylist([item], schema=ITEMS))
+    encoded = ItemEncoder(EncodeSettings(tiny_dir, max_length=512))(
+        pa.Table.from_pylist([item], schema=ITEMS)
+    )
     usable, _ = split_batch(encoded, "sft")
     image.write_bytes(b"truncated")  # the file changed after import
     [row] = image_inputs_of(usable, tiny_dir).to_pylist()

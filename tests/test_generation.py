@@ -17,6 +17,7 @@ from amp_ray.generation.candidates import CANDIDATE_ROWS, stable_seed, start_can
 from amp_ray.generation.experts import ModelCandidates
 from amp_ray.models.conversation import collate, encode_conversation
 from amp_ray.models.generation import generate
+from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import BdhsSpec, SamplingSpec
 from amp_ray.storage.dataset import DatasetWriter, FileEntry
 from amp_ray.storage.journal import Journal, write_entry
@@ -55,9 +56,8 @@ def test_expert_candidates_answer_every_round_and_sample_independently(
     tiny_dir: str, world_items: list[dict]
 ) -> None:
     items = [item for item in world_items if item["task"] == "dialogue"][:2] + world_items[:1]
-    maker = ModelCandidates(
-        "meg", "tiny", tiny_dir, 3, SAMPLED.model_copy(update={"num_samples": 2})
-    )
+    sampled = SAMPLED.model_copy(update={"num_samples": 2})
+    maker = ModelCandidates(ActorModel("tiny", tiny_dir), "meg", 3, sampled)
     out = maker(chain_input(items)).to_pylist()
     for item, row in zip(items, out, strict=True):
         assert row[QUARANTINE_REASON] is None
@@ -72,7 +72,7 @@ def test_bad_items_are_set_aside_with_their_reason(tiny_dir: str, world_items: l
     corrupt = {**world_items[0], "item_id": "corrupt", "image": b"not a png"}
     empty = {**world_items[1], "item_id": "empty", "rounds": [{"question": "q", "answer": " "}]}
     good = world_items[2]
-    maker = ModelCandidates("ig", "tiny", tiny_dir, 1, GREEDY)
+    maker = ModelCandidates(ActorModel("tiny", tiny_dir), "ig", 1, GREEDY)
     out = {row["item_id"]: row for row in maker(chain_input([corrupt, empty, good])).to_pylist()}
     assert "image cannot be read" in out["corrupt"][QUARANTINE_REASON]
     assert "empty reference answer" in out["empty"][QUARANTINE_REASON]
@@ -84,7 +84,7 @@ def test_bad_items_are_set_aside_with_their_reason(tiny_dir: str, world_items: l
 
 
 def bdhs_maker(tiny_dir: str, **bdhs: object) -> BdhsCandidates:
-    return BdhsCandidates("tiny", tiny_dir, BdhsSpec(**bdhs), GREEDY, initial_rank=1)
+    return BdhsCandidates(ActorModel("tiny", tiny_dir), BdhsSpec(**bdhs), GREEDY, initial_rank=1)
 
 
 def plain_answer(maker: BdhsCandidates, item: dict) -> str:

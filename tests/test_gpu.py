@@ -56,6 +56,7 @@ def test_a_generation_pool_with_a_gpu_answers_on_it(tiny_dir: str, world_items: 
     from amp_ray.cluster import placement
     from amp_ray.generation.candidates import start_candidates
     from amp_ray.generation.pools import model_candidates
+    from amp_ray.models.registry import ActorModel
     from amp_ray.spec.alignment import GenerationSpec
     from amp_ray.storage.schemas import ITEM_FIELDS
 
@@ -64,7 +65,8 @@ def test_a_generation_pool_with_a_gpu_answers_on_it(tiny_dir: str, world_items: 
         actors={"num_actors": 1, "num_cpus": 1, "num_gpus": 1, "batch_size": 8},
         sampling={"max_new_tokens": 8, "do_sample": True, "num_samples": 2, "num_beams": 1},
     )
-    fn, kwargs = model_candidates(generation, "meg", "tiny", tiny_dir, 1, None, 0)
+    model = ActorModel("tiny", tiny_dir, num_cpus=generation.actors.num_cpus)
+    fn, kwargs = model_candidates(generation, "meg", model, 1, 0)
     runtime.placement_log = placement.log_name("gpu-test", "generate")
     log = placement.open_log(runtime.placement_log)
     try:

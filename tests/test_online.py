@@ -288,12 +288,13 @@ def test_the_reference_scorer_keeps_a_reason_set_upstream(
     tiny_dir: str, world_items: list[dict]
 ) -> None:
     from amp_ray.generation.reference import ReferenceScorer
+    from amp_ray.models.registry import ActorModel
 
     caption = next(item for item in world_items if item["task"] == "caption")
     answers = [turn["answer"] for turn in caption["rounds"]]
     good = {**caption, "levels": [{"answers": answers}, {"answers": ["a square."]}]}
     dropped = {**caption, "item_id": "dropped", "levels": [], QUARANTINE_REASON: "no pair"}
-    scorer = ReferenceScorer("policy", tiny_dir, 0.0, 512, 8)
+    scorer = ReferenceScorer(ActorModel("policy", tiny_dir), 0.0, 512, 8)
     rows = scorer(pa.Table.from_pylist([{**good, QUARANTINE_REASON: None}, dropped])).to_pylist()
     assert rows[0][QUARANTINE_REASON] is None and len(rows[0]["ref_logps"]) == 2
     assert rows[1][QUARANTINE_REASON] == "no pair" and rows[1]["ref_logps"] == []

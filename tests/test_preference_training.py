@@ -185,6 +185,7 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
 ) -> None:
     import pyarrow as pa
 
+    from amp_ray.data.encode import EncodeSettings
     from amp_ray.data.levels import LevelEncoder, level_items
     from amp_ray.training.inputs import image_inputs_of
 
@@ -199,7 +200,7 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
     ]
     for n, row in enumerate(rows):
         row["item_id"] = f"row{n}"
-    encoder = LevelEncoder(tiny_dir, 512, 0.0, 4, [0, 3], True)
+    encoder = LevelEncoder(EncodeSettings(tiny_dir, 512), 4, [0, 3], True)
     out = encoder(pa.Table.from_pylist(rows)).to_pylist()
     reasons = [row[QUARANTINE_REASON] for row in out]
     assert reasons[0] is None
@@ -214,7 +215,7 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
     [good] = level_items(image_inputs_of(stored, tiny_dir))
     assert good.ref_logps == [-1.0, -4.0] and len(good.levels) == 2
     assert good.levels[0].vision["pixel_values"].shape[0] == 1
-    too_long = LevelEncoder(tiny_dir, 20, 0.0, 4, [0, 1, 2, 3], True)
+    too_long = LevelEncoder(EncodeSettings(tiny_dir, 20), 4, [0, 1, 2, 3], True)
     [row] = too_long(pa.Table.from_pylist(rows[:1])).to_pylist()
     assert "exceed training.max_length 20" in row[QUARANTINE_REASON]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from amp_ray.data.encode import ItemEncoder
+from amp_ray.data.encode import EncodeSettings, ItemEncoder
 from amp_ray.models.generation import generate
 from amp_ray.models.loading import load_model, load_processor
 from amp_ray.models.store import commit_model, local_model_path, new_model_attempt
@@ -52,7 +52,7 @@ def encoded(tiny_dir: str, world_items: list[dict], tmp_path_factory: pytest.Tem
     from amp_ray.storage.quarantine import split_batch
     from amp_ray.storage.schemas import ENCODED_ITEMS, ITEMS
 
-    table = ItemEncoder(tiny_dir, max_length=512)(
+    table = ItemEncoder(EncodeSettings(tiny_dir, max_length=512))(
         pa.Table.from_pylist(world_items[:60], schema=ITEMS)
     )
     location = open_location(str(tmp_path_factory.mktemp("encoded")))

@@ -10,6 +10,7 @@ model) so that they reach quarantine.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,26 @@ def stored_image(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What an encoder (ItemEncoder, data/levels.LevelEncoder) is built from, once on the driver:
+    the model whose processor encodes, the longest sequence a row may have, AMP's round weights
+    (dialogue round t's tokens weigh 1 + step·t), and how to read (`storage`: not part of what an
+    encoding is, stages/base.Encoding)."""
+
+    processor_path: str  # a model URI: a run's model store, a path or a hub id
+    max_length: int
+    round_weight_step: float = 0.0
+    trust_remote_code: bool = False
+    storage: Any = None
+
+    def load_processor(self) -> Any:
+        from amp_ray.models.loading import load_processor
+
+        path = local_model_path(self.processor_path, self.storage)
+        return load_processor(path, self.trust_remote_code)
+
+
 class ItemEncoder:
     """Ray Data callable: item rows (ITEMS schema) in, encoded conversations out.
 
@@ -84,21 +105,11 @@ class ItemEncoder:
     cannot be encoded the quarantine reason and the original row as JSON.
     """
 
-    def __init__(
-        self,
-        processor_path: str,
-        max_length: int,
-        round_weight_step: float = 0.0,
-        storage: Any = None,
-        trust_remote_code: bool = False,
-    ) -> None:
-        from amp_ray.models.loading import load_processor
-
-        path = local_model_path(processor_path, storage)
-        self.processor = load_processor(path, trust_remote_code)
-        self.max_length = max_length
-        self.round_weight_step = round_weight_step
-        self.storage = storage
+    def __init__(self, settings: EncodeSettings) -> None:
+        self.processor = settings.load_processor()
+        self.max_length = settings.max_length
+        self.round_weight_step = settings.round_weight_step
+        self.storage = settings.storage
 
     def encode(self, row: dict[str, Any]) -> Encoded:
         image = load_image(row, self.storage)

@@ -15,10 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from amp_ray.data.encode import encode_levels, stored_image, unpack_vision
+from amp_ray.data.encode import EncodeSettings, encode_levels, stored_image, unpack_vision
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded
-from amp_ray.models.store import local_model_path
 from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json, with_reason
 from amp_ray.storage.schemas import ENCODED_LEVELS
 
@@ -53,26 +52,15 @@ class LevelEncoder:
     `levels`, with their ref_logps if `need_reference`."""
 
     def __init__(
-        self,
-        processor_path: str,
-        max_length: int,
-        round_weight_step: float,
-        num_levels: int,
-        levels: list[int],
-        need_reference: bool,
-        storage: Any = None,
-        trust_remote_code: bool = False,
+        self, settings: EncodeSettings, num_levels: int, levels: list[int], need_reference: bool
     ) -> None:
-        from amp_ray.models.loading import load_processor
-
-        path = local_model_path(processor_path, storage)
-        self.processor = load_processor(path, trust_remote_code)
-        self.max_length = max_length
-        self.round_weight_step = round_weight_step
+        self.processor = settings.load_processor()
+        self.max_length = settings.max_length
+        self.round_weight_step = settings.round_weight_step
         self.num_levels = num_levels
         self.levels = levels
         self.need_reference = need_reference
-        self.storage = storage
+        self.storage = settings.storage
 
     def encode(self, row: dict[str, Any]) -> tuple[list[Encoded], list[float]]:
         count = len(row.get("levels") or [])

@@ -10,7 +10,7 @@ from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
 from amp_ray.models.generation import answer_dialogues
 from amp_ray.models.loading import load_for_inference
-from amp_ray.models.registry import LoadOptions
+from amp_ray.models.registry import ActorModel, LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ANSWERS
@@ -49,12 +49,10 @@ def answer_with_models(
                 AnswerGenerator,
                 pool,
                 {
-                    "model_name": name,
-                    "model_path": models[name],
+                    "model": ActorModel(
+                        name, models[name], loads.get(name, LoadOptions()), pool.num_cpus, storage
+                    ),
                     "sampling": sampling,
-                    "load": loads.get(name, LoadOptions()),
-                    "num_cpus": pool.num_cpus,
-                    "storage": storage,
                 },
             )
             for name in wave
@@ -67,19 +65,11 @@ class AnswerGenerator:
     """Ray Data callable: item rows in, the model's answers to every round out (ANSWERS schema,
     plus the quarantine column for items it could not answer)."""
 
-    def __init__(
-        self,
-        model_name: str,
-        model_path: str,
-        sampling: SamplingSpec,
-        load: LoadOptions = LoadOptions(),
-        num_cpus: float = 1.0,
-        storage: Any = None,
-    ) -> None:
-        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, load)
-        self.model_name = model_name
+    def __init__(self, model: ActorModel, sampling: SamplingSpec) -> None:
+        self.model, self.processor = load_for_inference(model)
+        self.model_name = model.name
         self.sampling = sampling
-        self.storage = storage
+        self.storage = model.storage
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

@@ -37,7 +37,7 @@ from amp_ray.models.conversation import collate, encode_conversation
 from amp_ray.models.generation import generate
 from amp_ray.models.hiding import hide_image_tokens
 from amp_ray.models.loading import image_token_id
-from amp_ray.models.registry import LoadOptions
+from amp_ray.models.registry import ActorModel
 from amp_ray.ranking.chunks import sentences
 from amp_ray.spec.alignment import BdhsSpec, SamplingSpec
 
@@ -102,19 +102,15 @@ class BdhsCandidates(CandidateGenerator):
 
     def __init__(
         self,
-        model_name: str,
-        model_path: str,
+        model: ActorModel,
         bdhs: BdhsSpec,
         sampling: SamplingSpec,
         initial_rank: int,
-        num_cpus: float = 1.0,
-        storage: Any = None,
-        load: LoadOptions = LoadOptions(),
         seed: int = 0,
     ) -> None:
         from amp_ray.ranking.encoder import TextEncoder
 
-        super().__init__(model_name, model_path, num_cpus, storage, load, seed)
+        super().__init__(model, seed)
         self.bdhs = bdhs
         self.sampling = sampling.model_copy(update={"num_samples": 1, "num_beams": 1})
         self.initial_rank = initial_rank

@@ -20,7 +20,7 @@ from PIL import Image
 
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
-from amp_ray.models.registry import LoadOptions
+from amp_ray.models.registry import ActorModel
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import CANDIDATES
 
@@ -71,20 +71,12 @@ def stable_seed(*parts: Any) -> int:
 class CandidateGenerator(ABC):
     """Ray Data callable base: loads one model and its processor per actor; subclasses answer."""
 
-    def __init__(
-        self,
-        model_name: str,
-        model_path: str,
-        num_cpus: float = 1.0,
-        storage: Any = None,
-        load: LoadOptions = LoadOptions(),
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, model: ActorModel, seed: int = 0) -> None:
         from amp_ray.models.loading import load_for_inference
 
-        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, load)
-        self.model_name = model_name
-        self.storage = storage
+        self.model, self.processor = load_for_inference(model)
+        self.model_name = model.name
+        self.storage = model.storage
         self.seed = seed
         self.max_new_tokens = 0  # subclasses set their generation budget
 

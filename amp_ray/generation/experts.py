@@ -18,7 +18,7 @@ from amp_ray.generation.candidates import (
     questions_and_references,
 )
 from amp_ray.models.generation import answer_dialogues
-from amp_ray.models.registry import LoadOptions
+from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import SamplingSpec
 
 
@@ -27,17 +27,13 @@ class ModelCandidates(CandidateGenerator):
 
     def __init__(
         self,
+        model: ActorModel,
         generator: str,
-        model_name: str,
-        model_path: str,
         initial_rank: int,
         sampling: SamplingSpec,
-        num_cpus: float = 1.0,
-        storage: Any = None,
-        load: LoadOptions = LoadOptions(),
         seed: int = 0,
     ) -> None:
-        super().__init__(model_name, model_path, num_cpus, storage, load, seed)
+        super().__init__(model, seed)
         self.generator = generator
         self.initial_rank = initial_rank
         self.sampling = sampling

@@ -16,27 +16,23 @@ from amp_ray.data.encode import encode_levels
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import collate
 from amp_ray.models.logprobs import sequence_logprobs
-from amp_ray.models.registry import LoadOptions
+from amp_ray.models.registry import ActorModel
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import REFERENCE_LOGPROBS
 
 SCORED_ROWS = REFERENCE_LOGPROBS.append(pa.field(QUARANTINE_REASON, pa.string()))
 
 
-def scorer_kwargs(spec: Any, name: str, uri: str) -> dict[str, Any]:
-    """ReferenceScorer's constructor arguments for reference model `name` at `uri`, from the
-    spec's reference and training blocks (the reference stage and the online rounds)."""
-    from amp_ray.models.registry import load_options
+def scorer_kwargs(spec: Any, run_dir: Any, name: str) -> dict[str, Any]:
+    """ReferenceScorer's constructor arguments for reference model `name`, from the spec's
+    reference and training blocks (the reference stage and the online rounds)."""
+    from amp_ray.models.registry import actor_model
 
     return {
-        "model_name": name,
-        "model_path": uri,
-        "load": load_options(spec, name),
+        "model": actor_model(spec, run_dir, name, spec.reference.actors.num_cpus),
         "round_weight_step": spec.training.round_weight_step,
         "max_length": spec.training.max_length,
         "micro_batch_size": spec.reference.micro_batch_size,
-        "num_cpus": spec.reference.actors.num_cpus,
-        "storage": spec.storage,
     }
 
 
@@ -45,25 +41,17 @@ class ReferenceScorer:
     arrive with a quarantine reason pass through with it)."""
 
     def __init__(
-        self,
-        model_name: str,
-        model_path: str,
-        round_weight_step: float,
-        max_length: int,
-        micro_batch_size: int,
-        num_cpus: float = 1.0,
-        storage: Any = None,
-        load: LoadOptions = LoadOptions(),
+        self, model: ActorModel, round_weight_step: float, max_length: int, micro_batch_size: int
     ) -> None:
         from amp_ray.models.loading import load_for_inference
 
-        self.model, self.processor = load_for_inference(model_path, num_cpus, storage, load)
-        self.model_name = model_name
+        self.model, self.processor = load_for_inference(model)
+        self.model_name = model.name
         self.dtype = str(self.model.dtype).removeprefix("torch.")  # what "auto" resolved to
         self.round_weight_step = round_weight_step
         self.max_length = max_length
         self.micro_batch_size = micro_batch_size
-        self.storage = storage
+        self.storage = model.storage
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:

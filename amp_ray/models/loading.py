@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from amp_ray.errors import AmpRayError
-from amp_ray.models.registry import LoadOptions
+from amp_ray.models.registry import ActorModel, LoadOptions
 from amp_ray.spec.blocks import LoraSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -183,9 +183,7 @@ def max_positions(model: Any) -> int | None:
     return None
 
 
-def load_for_inference(
-    uri: str, num_cpus: float, storage: Any = None, options: LoadOptions = LoadOptions()
-) -> tuple[Any, Any]:
+def load_for_inference(model: ActorModel) -> tuple[Any, Any]:
     """(model in eval mode, processor) for a Ray Data actor: from a hub id, a path or a run's
     model store (downloaded once per node), on the actor's GPU if it has one, with as many torch
     threads as the CPUs the actor owns (more would oversubscribe the node)."""
@@ -193,7 +191,7 @@ def load_for_inference(
     from amp_ray.models.store import local_model_path
     from amp_ray.runtime import torch_threads_for
 
-    torch.set_num_threads(torch_threads_for(num_cpus))
-    path = local_model_path(uri, storage)
-    model = load_model(path, options, compute_device()).eval()
-    return model, load_processor(path, options.trust_remote_code)
+    torch.set_num_threads(torch_threads_for(model.num_cpus))
+    path = local_model_path(model.uri, model.storage)
+    loaded = load_model(path, model.load, compute_device()).eval()
+    return loaded, load_processor(path, model.load.trust_remote_code)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from amp_ray.spec import JobSpec
 from amp_ray.storage import RunDir
@@ -21,6 +21,25 @@ class LoadOptions:
     dtype: str = "auto"  # float32, bfloat16, float16, or auto: the checkpoint's
     trust_remote_code: bool = False
     attn_implementation: str = "sdpa"
+
+
+@dataclass(frozen=True)
+class ActorModel:
+    """The model one Ray Data actor loads (models/loading.load_for_inference), built once on the
+    driver (`actor_model`) and passed whole: the name its outputs carry, where it lives, how it
+    loads, and the CPUs its actor owns (its torch threads)."""
+
+    name: str
+    uri: str  # what local_model_path resolves: a run's model store, a path or a hub id
+    load: LoadOptions = field(default_factory=LoadOptions)
+    num_cpus: float = 1.0
+    storage: Any = None  # the spec's StorageSpec, for s3:// URIs
+
+
+def actor_model(spec: JobSpec, run_dir: RunDir, name: str, num_cpus: float) -> ActorModel:
+    """Model `name` as the spec places and loads it, for an actor of `num_cpus` CPUs."""
+    uri = model_uri(spec, run_dir, name)
+    return ActorModel(name, uri, load_options(spec, name), num_cpus, spec.storage)
 
 
 def model_uri(spec: JobSpec, run_dir: RunDir, name: str) -> str:

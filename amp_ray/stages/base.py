@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, ClassVar
 
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest
@@ -194,7 +194,10 @@ class Encoding:
     def of(cls, source_version: str, **fields: Any) -> Encoding:
         """`fields` less `version`, which is computed from the kwargs (storage options aside:
         they say how to read, not what) and `source_version`, the source's committed attempt."""
-        settings = {k: v for k, v in fields["kwargs"].items() if k != "storage"}
+        settings: dict[str, Any] = {}
+        for key, value in fields["kwargs"].items():  # an EncodeSettings' fields count as kwargs
+            settings.update(asdict(value) if is_dataclass(value) else {key: value})
+        settings.pop("storage", None)
         return cls(**fields, version=fingerprint(settings, {"source": source_version}))
 
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import load_options, model_uri
+from amp_ray.models.registry import ActorModel, actor_model, model_uri
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec.alignment import GenerationSpec
 from amp_ray.stages.base import Stage, StageCounts
@@ -76,24 +76,21 @@ class GenerateStage(Stage):
         from amp_ray.generation.pools import bdhs_candidates, model_candidates
 
         generation: GenerationSpec = self.spec.generation
-        storage, seed = self.spec.storage, self.spec.seed
+        seed = self.spec.seed
+
+        def model(name: str) -> ActorModel:
+            return actor_model(self.spec, self.run_dir, name, generation.actors.num_cpus)
+
         pools: list[tuple[type, dict[str, Any]]] = []
         rank = 1
         for method in generation.methods:
             if method == "bdhs":
-                name = str(self.bdhs_model())
-                uri = model_uri(self.spec, self.run_dir, name)
-                load = load_options(self.spec, name)
-                pools.append(bdhs_candidates(generation, name, uri, rank, storage, seed, load))
+                pools.append(bdhs_candidates(generation, model(str(self.bdhs_model())), rank, seed))
                 rank += len(generation.bdhs.rho_th)
                 continue
             names = generation.meg.experts if method == "meg" else generation.ig.checkpoints
             for name in names:
-                uri = model_uri(self.spec, self.run_dir, name)
-                load = load_options(self.spec, name)
-                pools.append(
-                    model_candidates(generation, method, name, uri, rank, storage, seed, load)
-                )
+                pools.append(model_candidates(generation, method, model(name), rank, seed))
                 rank += 1
         return pools
 
@@ -105,7 +102,7 @@ class GenerateStage(Stage):
         # the chain's pools run side by side: all of them must fit at once
         self.ensure_resources(
             [
-                pool_request("generation.actors", actors, f"the pool of {kw['model_name']}")
+                pool_request("generation.actors", actors, f"the pool of {kw['model'].name}")
                 for _, kw in pools
             ],
             spare_cpus=SPARE_CPUS_FOR_TASKS,

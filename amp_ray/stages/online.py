@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, ResourceRequest, pool_request
 from amp_ray.errors import DataError
-from amp_ray.models.registry import load_options, model_uri, root_model
+from amp_ray.models.registry import ActorModel, load_options, model_uri, root_model
 from amp_ray.models.store import committed_model
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.spec import JobSpec
@@ -297,7 +297,7 @@ class OnlineRounds:
         if not self._scores_reference:
             return rows
         name = reference_model(self.spec)
-        scorer = scorer_kwargs(self.spec, name, model_uri(self.spec, self.run_dir, name))
+        scorer = scorer_kwargs(self.spec, self.run_dir, name)
         return map_with_actor_pool(
             rows, ReferenceScorer, reference.actors, scorer, whole_blocks=True
         )
@@ -306,13 +306,14 @@ class OnlineRounds:
         """(callable class, constructor kwargs) of the round's candidate pool."""
         from amp_ray.generation.pools import bdhs_candidates, model_candidates
 
-        generation, storage = self.spec.generation, self.spec.storage
+        generation = self.spec.generation
         load = load_options(self.spec, policy.name)
-        if self.training.online.generator == "bdhs":
-            return bdhs_candidates(generation, policy.name, policy.uri, 1, storage, seed, load)
-        return model_candidates(
-            generation, "sampled", policy.name, policy.uri, 1, storage, seed, load
+        model = ActorModel(
+            policy.name, policy.uri, load, generation.actors.num_cpus, self.spec.storage
         )
+        if self.training.online.generator == "bdhs":
+            return bdhs_candidates(generation, model, 1, seed)
+        return model_candidates(generation, "sampled", model, 1, seed)
 
     def pool_requests(self) -> list[ResourceRequest]:
         """The round's pools, which run side by side as one streaming pass."""

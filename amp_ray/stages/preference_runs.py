@@ -101,6 +101,7 @@ class PreferenceRuns:
         the stored image; the workers make the pixel inputs): for the offline recipes, or for
         `recipe` alone (an online round), with every level it trains on; reused where it is
         committed from the same source and settings (Stage.encode_once)."""
+        from amp_ray.data.encode import EncodeSettings
         from amp_ray.data.levels import LevelEncoder
 
         training = self.spec.training
@@ -109,13 +110,14 @@ class PreferenceRuns:
             levels = (training.num_levels, self.encoded_levels(), self.reads_stored_reference())
         else:
             levels = (recipe.num_levels, recipe.read_levels, recipe.reference == "precomputed")
-        kwargs = {
-            "processor_path": model_uri(self.spec, self.run_dir, str(training.policy)),
-            "max_length": training.max_length,
-            "round_weight_step": training.round_weight_step,
-            "storage": self.spec.storage,
-            "trust_remote_code": load_options(self.spec, str(training.policy)).trust_remote_code,
-        }
+        settings = EncodeSettings(
+            processor_path=model_uri(self.spec, self.run_dir, str(training.policy)),
+            max_length=training.max_length,
+            round_weight_step=training.round_weight_step,
+            trust_remote_code=load_options(self.spec, str(training.policy)).trust_remote_code,
+            storage=self.spec.storage,
+        )
+        kwargs = {"settings": settings}
         kwargs.update(zip(("num_levels", "levels", "need_reference"), levels, strict=True))
         encoding = Encoding.of(
             source.manifest.attempt,

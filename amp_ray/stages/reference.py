@@ -55,7 +55,7 @@ class ReferenceStage(Stage):
         source_stage, dataset = self.inputs[0]
         preferences = self.run_dir.dataset(source_stage, dataset)
         pool = self.spec.reference.actors
-        kwargs = scorer_kwargs(self.spec, name, model_uri(self.spec, self.run_dir, name))
+        kwargs = scorer_kwargs(self.spec, self.run_dir, name)
         self.ensure_resources(
             [pool_request("reference.actors", pool, f"scoring with {name}")],
             spare_cpus=SPARE_CPUS_FOR_TASKS,

@@ -158,7 +158,7 @@ class SftStage(Stage):
         return digest.hexdigest()
 
     def _encode(self, items: Any, quarantine: Any) -> dict[str, Any]:
-        from amp_ray.data.encode import ItemEncoder
+        from amp_ray.data.encode import EncodeSettings, ItemEncoder
 
         groups: dict[str, str] = {}
         for name in self.spec.sft.runs:
@@ -175,17 +175,16 @@ class SftStage(Stage):
 
         encoded = {}
         for key, root in groups.items():
-            kwargs = {
-                "processor_path": model_uri(self.spec, self.run_dir, root),
-                "max_length": self.spec.sft.max_length,
-                "round_weight_step": 0.0,
-                "storage": self.spec.storage,
-                "trust_remote_code": load_options(self.spec, root).trust_remote_code,
-            }
+            settings = EncodeSettings(
+                processor_path=model_uri(self.spec, self.run_dir, root),
+                max_length=self.spec.sft.max_length,
+                trust_remote_code=load_options(self.spec, root).trust_remote_code,
+                storage=self.spec.storage,
+            )
             encoding = Encoding.of(
                 items.manifest.attempt,
                 encoder=ItemEncoder,
-                kwargs=kwargs,
+                kwargs={"settings": settings},
                 pool=pool,
                 request=request,
                 schema_name="encoded_items",
