@@ -554,3 +554,22 @@ def test_candidate_ranker_quarantines_a_failed_check() -> None:
     ranker = CandidateRanker(**ranker_kwargs(RankingSpec(checker="ground_truth"), 4))
     empty = ranker(candidates_table().slice(0, 0))
     assert empty.num_rows == 0
+
+
+def test_the_levels_summary_does_not_follow_row_order() -> None:
+    """Sources with equal counts at a level print by name, whatever order the rows came in."""
+    from amp_ray.stages.rank import levels_summary
+
+    def preferences(sources: list[str]) -> pa.Table:
+        rows = [{"levels": [{"source": s}], "order_changed": False} for s in sources]
+        return pa.Table.from_pylist(rows)
+
+    reasons = pa.Table.from_pylist([{"reason": "b"}, {"reason": "a"}])
+    one = levels_summary(
+        preferences(["ig_30", "expert_m@0.8", "ig_30", "expert_m@0.8"]), reasons, 1
+    )
+    other = levels_summary(
+        preferences(["expert_m@0.8", "ig_30", "expert_m@0.8", "ig_30"]), reasons, 1
+    )
+    assert one == other
+    assert one[1:] == ["  dropped 1: a", "  dropped 1: b", "  level 0: expert_m@0.8 2, ig_30 2"]

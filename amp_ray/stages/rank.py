@@ -69,13 +69,19 @@ def levels_summary(preferences: pa.Table, reasons: pa.Table, num_levels: int) ->
         f"({preferences.num_rows / max(1, total):.0%}); checked order differs from the initial "
         f"order in {changed / max(1, preferences.num_rows):.0%} of them"
     ]
-    for reason, count in Counter(reasons.column("reason").to_pylist()).most_common(3):
+    for reason, count in most_common(Counter(reasons.column("reason").to_pylist()), 3):
         lines.append(f"  dropped {count}: {reason}")
     by_level: list[Counter[str]] = [Counter() for _ in range(num_levels)]
     for levels in preferences.column("levels").to_pylist():
         for k, level in enumerate(levels):
             by_level[k][level["source"]] += 1
     for k, counts in enumerate(by_level):
-        top = ", ".join(f"{source} {n}" for source, n in counts.most_common(4))
+        top = ", ".join(f"{source} {n}" for source, n in most_common(counts, 4))
         lines.append(f"  level {k}: {top}")
     return lines
+
+
+def most_common(counts: Counter[str], n: int) -> list[tuple[str, int]]:
+    """The n largest counts, ties by name: Counter.most_common keeps ties in the order the
+    rows came in, which follows the order Ray Data's blocks were written."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
