@@ -35,7 +35,7 @@ MODES = ("shuffle", "buckets", "by_length")
 
 def planned_items(encoded: Any, processor_path: str, mode: str, steps: int, size: int) -> list:
     """The first `steps` micro-batches of a run planned with `mode`, decoded for training."""
-    plan = make_plan(encoded_index(encoded), 0, size, steps, size, mode)
+    plan = make_plan(encoded_index(encoded), 0, size, steps, mode)
     files = [encoded.location.join(entry.path).uri for entry in encoded.manifest.files]
     inputs = RankInputs(0, size, InputSource(files, processor_path))
     return [level_items(inputs(plan.slice(step * size, size))) for step in range(steps)]

@@ -34,21 +34,19 @@ def batches(plan: pa.Table) -> list[list[str]]:
 
 
 def test_the_plan_does_not_depend_on_how_the_files_were_written() -> None:
-    one_file = make_plan(indexed(50, 50), seed=3, global_batch=8, steps=20, micro_batch_size=4)
-    many_files = make_plan(
-        indexed(50, 7)[::-1], seed=3, global_batch=8, steps=20, micro_batch_size=4
-    )
+    one_file = make_plan(indexed(50, 50), seed=3, global_batch=8, steps=20)
+    many_files = make_plan(indexed(50, 7)[::-1], seed=3, global_batch=8, steps=20)
     assert batches(one_file) == batches(many_files)
     assert len(batches(one_file)) == 20 and all(len(b) == 8 for b in batches(one_file))
     # every item once per epoch: the first 48 items planned are 48 different ones
     first = [item for batch in batches(one_file) for item in batch][:48]
     assert len(set(first)) == 48
-    other_seed = make_plan(indexed(50, 50), seed=4, global_batch=8, steps=20, micro_batch_size=4)
+    other_seed = make_plan(indexed(50, 50), seed=4, global_batch=8, steps=20)
     assert batches(other_seed) != batches(one_file)
 
 
 def test_each_worker_takes_a_disjoint_contiguous_share_of_every_global_batch() -> None:
-    plan = make_plan(indexed(40, 40), seed=0, global_batch=8, steps=10, micro_batch_size=2)
+    plan = make_plan(indexed(40, 40), seed=0, global_batch=8, steps=10)
     shares = [rows_of_rank(plan, rank, share=4) for rank in range(2)]
     for rank, share in enumerate(shares):
         assert share.num_rows == 40
@@ -62,7 +60,7 @@ def test_length_buckets_batch_the_long_items_apart() -> None:
     length = {row.item_id: row.length for row in rows}
 
     def mixed(mode: str) -> int:
-        plan = make_plan(rows, seed=1, global_batch=8, steps=30, micro_batch_size=4, mode=mode)
+        plan = make_plan(rows, seed=1, global_batch=8, steps=30, mode=mode)
         ids = plan.column("item_id").to_pylist()
         micro = [ids[i : i + 4] for i in range(0, len(ids), 4)]
         return sum(len({length[i] for i in batch}) > 1 for batch in micro)
@@ -75,7 +73,7 @@ def test_by_length_pads_least_and_an_epoch_still_sees_every_item_once() -> None:
     length = {row.item_id: row.length for row in rows}
 
     def padded_share(mode: str) -> float:
-        plan = make_plan(rows, seed=2, global_batch=8, steps=32, micro_batch_size=8, mode=mode)
+        plan = make_plan(rows, seed=2, global_batch=8, steps=32, mode=mode)
         ids = plan.column("item_id").to_pylist()
         if mode != "buckets":  # (buckets leave out the rest of each bucket's last batch)
             assert sorted(ids) == sorted(length)  # 32 steps of 8: one epoch, no item twice
@@ -84,9 +82,9 @@ def test_by_length_pads_least_and_an_epoch_still_sees_every_item_once() -> None:
 
     assert padded_share("by_length") < padded_share("buckets") / 3
     assert padded_share("buckets") < padded_share("shuffle")
-    again = make_plan(rows, seed=2, global_batch=8, steps=32, micro_batch_size=8, mode="by_length")
-    other = make_plan(rows, seed=3, global_batch=8, steps=32, micro_batch_size=8, mode="by_length")
-    first = make_plan(rows, seed=2, global_batch=8, steps=32, micro_batch_size=8, mode="by_length")
+    again = make_plan(rows, seed=2, global_batch=8, steps=32, mode="by_length")
+    other = make_plan(rows, seed=3, global_batch=8, steps=32, mode="by_length")
+    first = make_plan(rows, seed=2, global_batch=8, steps=32, mode="by_length")
     assert again.equals(first) and not other.equals(first)
 
 
@@ -94,7 +92,7 @@ def test_fewer_items_than_one_global_batch_is_an_error_before_any_worker_starts(
     with pytest.raises(
         SpecError, match="5 usable training items, fewer than one global batch of 8"
     ):
-        make_plan(indexed(5, 5), seed=0, global_batch=8, steps=1, micro_batch_size=4)
+        make_plan(indexed(5, 5), seed=0, global_batch=8, steps=1)
 
 
 def test_a_worker_reads_only_the_rows_its_plan_names(tmp_path: Path) -> None:
@@ -123,7 +121,7 @@ def test_a_worker_reads_only_the_rows_its_plan_names(tmp_path: Path) -> None:
         assert pq.ParquetFile(path).metadata.num_row_groups == 30  # a row a row group
     index = encoded_index(dataset)
     assert [row.item_id for row in index] == [f"item-{n:03d}" for n in range(60)]
-    plan = make_plan(index, seed=0, global_batch=6, steps=2, micro_batch_size=3)
+    plan = make_plan(index, seed=0, global_batch=6, steps=2)
     files = [location.join(entry.path).uri for entry in dataset.manifest.files]
     read = read_planned_rows(plan, files)
     assert read.column("item_id").to_pylist() == plan.column("item_id").to_pylist()
@@ -146,7 +144,7 @@ def test_the_plan_becomes_a_dataset_while_workers_hold_all_but_a_fraction_of_a_c
     held = placement_group([{"CPU": 0.75}, {"CPU": 0.75}])
     ray.get(held.ready(), timeout=60)
     try:
-        plan = make_plan(indexed(24, 10), seed=0, global_batch=8, steps=3, micro_batch_size=4)
+        plan = make_plan(indexed(24, 10), seed=0, global_batch=8, steps=3)
         dataset = plan_dataset(plan, 8)
         assert dataset.num_blocks() == 3  # one global batch a block
         blocks = [ray.get(ref, timeout=60) for ref in dataset.get_internal_block_refs()]

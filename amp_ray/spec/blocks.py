@@ -308,9 +308,9 @@ class LoraSpec(Block):
 
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-# How a run's items become micro-batches (training/inputs.make_plan): "shuffle" (any items
-# together), "buckets" (the longest 15% batched apart), "by_length" (items of similar length
-# together within windows of 16 micro-batches, as HF Trainer's group_by_length: least padding)
+# How a run's items become batches (training/inputs.make_plan): "shuffle" (any items together),
+# "buckets" (the longest 15% batched apart), "by_length" (items of similar length together within
+# windows of 16 global batches, as HF Trainer's group_by_length: least padding)
 Batching = Literal["shuffle", "buckets", "by_length"]
 
 

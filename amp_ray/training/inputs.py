@@ -42,7 +42,7 @@ PLAN = pa.schema(
         ("row", pa.int32()),  # row (= row group) within that file
     ]
 )
-BUCKET_GROUP = 16  # micro-batches whose items are grouped by length together
+BUCKET_GROUP = 16  # global batches whose items are grouped by length together
 GROUPING = {"buckets": "buckets", "by_length": "sorted"}  # plan mode -> make_batches mode
 
 
@@ -80,14 +80,15 @@ def make_plan(
     seed: int,
     global_batch: int,
     steps: int,
-    micro_batch_size: int,
     mode: str = "shuffle",
 ) -> pa.Table:
     """The rows of every global batch of the run, in order (see the module docstring). `mode`
     (spec.blocks.Batching): "shuffle" keeps each epoch's permutation; "buckets" and "by_length"
-    form micro-batches within windows of BUCKET_GROUP micro-batches of it, "buckets" batching the
-    longest 15% apart, "by_length" batching items of similar length together, and shuffle the
-    window's micro-batches (training/worker.make_batches; bench/bench_batching.py)."""
+    form global batches within windows of BUCKET_GROUP global batches of it, "buckets" batching
+    the longest 15% apart, "by_length" batching items of similar length together (a global
+    batch's slots in length order, so that its micro-batches are too), and shuffle the window's
+    batches (training/worker.make_batches). Grouped by global batch, not micro-batch: any layout
+    of the same global batch (workers x accumulation x micro-batch) trains on the same items."""
     from amp_ray.training.worker import make_batches
 
     if len(rows) < global_batch:
@@ -104,12 +105,12 @@ def make_plan(
         rng = random.Random(f"{seed}-plan-{epoch}")
         epoch_rows = rng.sample(ordered, len(ordered))
         if mode != "shuffle":
-            window, grouping = micro_batch_size * BUCKET_GROUP, GROUPING[mode]
+            window, grouping = global_batch * BUCKET_GROUP, GROUPING[mode]
             epoch_rows = [
                 row
                 for start in range(0, len(epoch_rows), window)
                 for batch in make_batches(
-                    epoch_rows[start : start + window], micro_batch_size, rng, grouping
+                    epoch_rows[start : start + window], global_batch, rng, grouping
                 )
                 for row in batch
             ]
@@ -401,7 +402,7 @@ class PlannedInputs:
         """Plan `steps` global batches over the encoded dataset (a storage Dataset)."""
         rows = encoded_index(encoded, keep)
         global_batch = micro_batch_size * accumulation * num_workers
-        table = make_plan(rows, seed, global_batch, steps, micro_batch_size, mode)
+        table = make_plan(rows, seed, global_batch, steps, mode)
         files = [encoded.location.join(entry.path).uri for entry in encoded.manifest.files]
         source = InputSource(files, processor_path, storage, input_cpus, trust_remote_code)
         return cls(table, RankShards(global_batch, source), len(rows))
