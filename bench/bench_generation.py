@@ -42,7 +42,7 @@ from amp_ray.data.encode import load_image
 from amp_ray.generation.candidates import start_candidates
 from amp_ray.generation.experts import ModelCandidates
 from amp_ray.models.conversation import collate, encode_conversation
-from amp_ray.models.generation import generate
+from amp_ray.models.decoding import generate
 from amp_ray.models.loading import load_model, load_processor
 from amp_ray.models.tiny import create_tiny_model
 from amp_ray.runtime import RaySession, light_map, map_with_actor_pool, torch_threads_for

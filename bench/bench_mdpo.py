@@ -67,7 +67,7 @@ from PIL import Image
 
 from amp_ray.losses.preference import mdpo_loss
 from amp_ray.models.conversation import Encoded, encode_conversation, messages_for
-from amp_ray.models.levels import LevelScorer, collate_levels, shared_prefix_length
+from amp_ray.models.level_scoring import LevelScorer, collate_levels, shared_prefix_length
 from amp_ray.models.loading import load_model, load_processor
 from amp_ray.models.registry import LoadOptions
 from amp_ray.models.tiny import create_tiny_model

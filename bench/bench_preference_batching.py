@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from amp_ray.data.levels import level_items
-from amp_ray.models.levels import LevelScorer
+from amp_ray.data.level_encoding import level_items
+from amp_ray.models.level_scoring import LevelScorer
 from amp_ray.models.loading import load_model, load_processor
 from amp_ray.models.registry import model_uri
 from amp_ray.models.store import local_model_path

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 import pyarrow as pa
 
-from amp_ray.data.levels import LevelEncoder
+from amp_ray.data.level_encoding import LevelEncoder
 from amp_ray.models.tiny import create_tiny_model
 from amp_ray.runtime import map_with_actor_pool
 from amp_ray.spec.blocks import ActorPoolSpec, ScalingSpec, TinyLlavaSpec, WorldSpec

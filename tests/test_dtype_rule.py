@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from amp_ray.errors import SpecError
-from amp_ray.generation.reference import scorer_kwargs
+from amp_ray.generation.reference_scorer import scorer_kwargs
 from amp_ray.models.registry import LoadOptions, load_options
 from amp_ray.spec import validate_spec
 from amp_ray.spec.alignment import TrainingSpec

@@ -18,10 +18,10 @@ from vlm_families import FAMILIES, build_tiny
 
 from amp_ray.errors import AmpRayError, DataError
 from amp_ray.models.conversation import collate, encode_conversation, messages_for
+from amp_ray.models.decoding import generate
 from amp_ray.models.families import family_of, forward_inputs
-from amp_ray.models.generation import generate
 from amp_ray.models.hiding import hide_image_tokens
-from amp_ray.models.levels import LevelScorer, collate_levels
+from amp_ray.models.level_scoring import LevelScorer, collate_levels
 from amp_ray.models.loading import image_token_id, load_model, load_processor, save_model
 from amp_ray.models.logprobs import token_logprobs
 from amp_ray.spec.alignment import SamplingSpec

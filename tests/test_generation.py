@@ -16,7 +16,7 @@ from amp_ray.generation.bdhs import BdhsCandidates, join_completion, plan_guides
 from amp_ray.generation.candidates import CANDIDATE_ROWS, stable_seed, start_candidates
 from amp_ray.generation.experts import ModelCandidates
 from amp_ray.models.conversation import collate, encode_conversation
-from amp_ray.models.generation import generate
+from amp_ray.models.decoding import generate
 from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import BdhsSpec, SamplingSpec
 from amp_ray.storage.dataset import DatasetWriter, FileEntry

@@ -10,7 +10,7 @@ from PIL import Image
 
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded, encode_conversation
-from amp_ray.models.levels import LevelScorer, collate_levels, shared_prefix_length
+from amp_ray.models.level_scoring import LevelScorer, collate_levels, shared_prefix_length
 from amp_ray.models.loading import load_model, load_processor
 from amp_ray.models.registry import LoadOptions
 

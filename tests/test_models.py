@@ -14,8 +14,8 @@ from PIL import Image
 
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.models.decoding import answer_dialogues, generate
 from amp_ray.models.families import forward_inputs, positions_from_mask
-from amp_ray.models.generation import answer_dialogues, generate
 from amp_ray.models.hiding import hide_image_tokens
 from amp_ray.models.loading import image_token_id, load_model, load_processor
 from amp_ray.models.logprobs import sequence_logprobs

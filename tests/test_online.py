@@ -287,7 +287,7 @@ def test_rounds_that_cannot_run_are_refused(tmp_path: Path) -> None:
 def test_the_reference_scorer_keeps_a_reason_set_upstream(
     tiny_dir: str, world_items: list[dict]
 ) -> None:
-    from amp_ray.generation.reference import ReferenceScorer
+    from amp_ray.generation.reference_scorer import ReferenceScorer
     from amp_ray.models.registry import ActorModel
 
     caption = next(item for item in world_items if item["task"] == "caption")

@@ -186,7 +186,7 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
     import pyarrow as pa
 
     from amp_ray.data.encode import EncodeSettings
-    from amp_ray.data.levels import LevelEncoder, level_items
+    from amp_ray.data.level_encoding import LevelEncoder, level_items
     from amp_ray.training.inputs import image_inputs_of
 
     caption = next(item for item in world_items if item["task"] == "caption")

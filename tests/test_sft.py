@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from amp_ray.data.encode import EncodeSettings, ItemEncoder
-from amp_ray.models.generation import generate
+from amp_ray.models.decoding import generate
 from amp_ray.models.loading import load_model, load_processor
 from amp_ray.models.store import commit_model, local_model_path, new_model_attempt
 from amp_ray.spec.alignment import SamplingSpec

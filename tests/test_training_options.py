@@ -9,7 +9,7 @@ import torch
 from vlm_families import build_tiny
 
 from amp_ray.models.families import family_of
-from amp_ray.models.levels import LevelScorer, collate_levels
+from amp_ray.models.level_scoring import LevelScorer, collate_levels
 from amp_ray.models.loading import load_model, load_processor, merged_lora
 from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.blocks import DeepSpeedSpec, LoraSpec, OptimizerSpec

@@ -79,10 +79,10 @@ def stored_image(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    """What an encoder (ItemEncoder, data/levels.LevelEncoder) is built from, once on the driver:
-    the model whose processor encodes, the longest sequence a row may have, AMP's round weights
-    (dialogue round t's tokens weigh 1 + step·t), and how to read (`storage`: not part of what an
-    encoding is, stages/base.Encoding)."""
+    """What an encoder (ItemEncoder, data/level_encoding.LevelEncoder) is built from, once on the
+    driver: the model whose processor encodes, the longest sequence a row may have, AMP's round
+    weights (dialogue round t's tokens weigh 1 + step·t), and how to read (`storage`: not part of
+    what an encoding is, stages/base.Encoding)."""
 
     processor_path: str  # a model URI: a run's model store, a path or a hub id
     max_length: int

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
-from amp_ray.models.generation import answer_dialogues
+from amp_ray.models.decoding import answer_dialogues
 from amp_ray.models.loading import load_for_inference
 from amp_ray.models.registry import ActorModel, LoadOptions
 from amp_ray.spec.alignment import SamplingSpec

@@ -34,7 +34,7 @@ from amp_ray.generation.candidates import (
     stable_seed,
 )
 from amp_ray.models.conversation import collate, encode_conversation
-from amp_ray.models.generation import generate
+from amp_ray.models.decoding import generate
 from amp_ray.models.hiding import hide_image_tokens
 from amp_ray.models.loading import image_token_id
 from amp_ray.models.registry import ActorModel

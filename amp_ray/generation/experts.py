@@ -17,7 +17,7 @@ from amp_ray.generation.candidates import (
     candidate,
     questions_and_references,
 )
-from amp_ray.models.generation import answer_dialogues
+from amp_ray.models.decoding import answer_dialogues
 from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import SamplingSpec
 

@@ -1,4 +1,5 @@
-"""The KV caches of the shared-prefix forward (models/levels.py), safe under gradient checkpointing.
+"""The KV caches of the shared-prefix forward (models/level_scoring.py), safe under gradient
+checkpointing.
 
 HF's checkpointed decoder layers drop any cache they are given, because a checkpointed layer runs
 its forward again during backward and a `DynamicCache` would then be extended a second time.

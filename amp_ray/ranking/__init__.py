@@ -36,7 +36,7 @@ from amp_ray.ranking.checkers import (
 )
 from amp_ray.ranking.chunks import Chunk, chunker_name, noun_chunks, rule_chunks, sentences
 from amp_ray.ranking.encoder import DEFAULT_ENCODER, EncoderError, TextEncoder, resolve_encoder
-from amp_ray.ranking.levels import RankedItem, even_spread, rank_item, reference_candidate
+from amp_ray.ranking.level_selection import RankedItem, even_spread, rank_item, reference_candidate
 from amp_ray.ranking.rank import PREFERENCE_ROWS, CandidateRanker, ranker_kwargs
 
 __all__ = [

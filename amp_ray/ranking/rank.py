@@ -15,7 +15,12 @@ import torch
 
 from amp_ray.errors import DataError
 from amp_ray.ranking.checkers import CheckInput, make_checker
-from amp_ray.ranking.levels import CANDIDATE_KEYS, RankedItem, rank_item, reference_candidate
+from amp_ray.ranking.level_selection import (
+    CANDIDATE_KEYS,
+    RankedItem,
+    rank_item,
+    reference_candidate,
+)
 from amp_ray.runtime import torch_threads_for
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ITEM_FIELDS, PREFERENCES

@@ -267,7 +267,7 @@ class OnlineRounds:
     def _rows(self, number: int, policy: Policy) -> Any:
         """The streaming pass of steps 1–5 (see the module docstring)."""
         from amp_ray.generation.candidates import stable_seed, start_candidates
-        from amp_ray.generation.reference import ReferenceScorer, scorer_kwargs
+        from amp_ray.generation.reference_scorer import ReferenceScorer, scorer_kwargs
         from amp_ray.ranking import CandidateRanker, ranker_kwargs
 
         generation, ranking, reference = (

@@ -102,7 +102,7 @@ class PreferenceRuns:
         `recipe` alone (an online round), with every level it trains on; reused where it is
         committed from the same source and settings (Stage.encode_once)."""
         from amp_ray.data.encode import EncodeSettings
-        from amp_ray.data.levels import LevelEncoder
+        from amp_ray.data.level_encoding import LevelEncoder
 
         training = self.spec.training
         pool = training.encode_actors

@@ -2,8 +2,8 @@
 
 A checker (the embedding checker of the paper, or the synthetic world's ground truth) scores each
 candidate against the reference; the reference stays on top and K−1 distinct levels are kept
-below it (amp_ray/ranking/levels.py). Items that cannot fill K distinct levels go to quarantine
-with the reason. Outputs: rank/preferences (PREFERENCES) and rank/quarantine.
+below it (amp_ray/ranking/level_selection.py). Items that cannot fill K distinct levels go to
+quarantine with the reason. Outputs: rank/preferences (PREFERENCES) and rank/quarantine.
 """
 
 from __future__ import annotations

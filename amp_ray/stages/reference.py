@@ -49,7 +49,7 @@ class ReferenceStage(Stage):
             )
 
     def run(self) -> StageCounts:
-        from amp_ray.generation.reference import ReferenceScorer, scorer_kwargs
+        from amp_ray.generation.reference_scorer import ReferenceScorer, scorer_kwargs
 
         name = str(self.reference_model())
         source_stage, dataset = self.inputs[0]

@@ -2,8 +2,8 @@
 Ray Train loop and its typed config.
 
 Per optimizer step a worker takes its share of one planned global batch (training/inputs.py),
-scores the K levels of each item in one forward (models/levels.py: the image prefix once, the K
-responses on its repeated KV cache), reads the reference log-probs stored beside the data (or
+scores the K levels of each item in one forward (models/level_scoring.py: the image prefix once,
+the K responses on its repeated KV cache), reads the reference log-probs stored beside the data (or
 scores them with a frozen reference when the spec asks), and applies the loss
 (training/objective.py).
 Metrics are averaged over the workers before they are reported.
@@ -74,7 +74,7 @@ class WorkerState:
 
 
 def set_up_worker(cfg: PreferenceLoopConfig, device: Any) -> WorkerState:
-    from amp_ray.models.levels import LevelScorer
+    from amp_ray.models.level_scoring import LevelScorer
     from amp_ray.models.loading import load_model, load_processor
     from amp_ray.models.store import local_model_path
     from amp_ray.training.worker import build_engine
@@ -118,7 +118,7 @@ def preference_loop(config: dict[str, Any]) -> dict[str, Any]:
     import ray.train.torch
 
     from amp_ray.cluster.placement import train_worker_device
-    from amp_ray.data.levels import level_items
+    from amp_ray.data.level_encoding import level_items
     from amp_ray.models.store import local_model_path
     from amp_ray.training import worker
     from amp_ray.training.inputs import SetAside, check_step, micro_batches_of, planned_steps
@@ -188,7 +188,7 @@ def collate_for(
 ) -> dict[str, torch.Tensor]:
     """A micro-batch of the levels at `index` of every item, with their reference log-probs
     (an empty tensor when the data carries none)."""
-    from amp_ray.models.levels import collate_levels
+    from amp_ray.models.level_scoring import collate_levels
 
     batch = collate_levels([[item.levels[k] for k in index] for item in micro], pad, mode)
     batch = {key: value.to(device) for key, value in batch.items()}

@@ -98,7 +98,7 @@ class LevelEncoder:
 
 def level_items(batch: pa.Table) -> list[LevelItem]:
     """The training pipeline's rows (encoded levels with `vision`) as `LevelItem`s, for
-    `models.levels.collate_levels`."""
+    `models.level_scoring.collate_levels`."""
     items = []
     columns = ["item_id", "input_ids", "response_weights", "ref_logps", "vision"]
     for row in batch.select(columns).to_pylist():
