@@ -26,6 +26,7 @@ from amp_ray.report.terminal import (
     value,
     wrapped,
 )
+from amp_ray.training.tables import mean_sd
 
 if TYPE_CHECKING:  # document.py imports this module
     from amp_ray.report.document import ReportData
@@ -63,14 +64,6 @@ def recipe_values(
 ) -> dict[int | None, float]:
     found = {seed: value(data, run, model, column) for seed, (run, model) in recipe.models.items()}
     return {seed: v for seed, v in found.items() if v is not None and not math.isnan(v)}
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f}±{statistics.stdev(values):.3f}"
 
 
 def summary_table(
