@@ -223,7 +223,7 @@ class TrainingSpec(Block):
     micro_batch_size: PositiveInt = 4
     batching: Batching = Field(
         "by_length",
-        description="how items become micro-batches; by_length pads least (a K-level item "
+        description="how items become global batches; by_length pads least (a K-level item "
         "pads every level to its longest)",
     )
     gradient_accumulation_steps: PositiveInt = 4

@@ -440,7 +440,7 @@ class SftSpec(Block):
     log_every: PositiveInt = 50
     max_length: PositiveInt = 2048
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    batching: Batching = Field("buckets", description="how items become micro-batches")
+    batching: Batching = Field("buckets", description="how items become global batches")
     max_concurrent_runs: PositiveInt = Field(
         2, description="runs trained side by side (each with its own Ray Train workers)"
     )
