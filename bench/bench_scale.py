@@ -29,6 +29,7 @@ import psutil
 import pyarrow as pa
 
 from amp_ray.data.level_encoding import LevelEncoder
+from amp_ray.models.registry import ActorModel
 from amp_ray.models.tiny import create_tiny_model
 from amp_ray.runtime import map_with_actor_pool
 from amp_ray.spec.blocks import ActorPoolSpec, ScalingSpec, TinyLlavaSpec, WorldSpec
@@ -37,7 +38,7 @@ from amp_ray.storage.dataset import Dataset, DatasetWriter
 from amp_ray.storage.quarantine import route_quarantine
 from amp_ray.storage.raysink import write_ray
 from amp_ray.storage.schemas import ENCODED_LEVELS, QUARANTINE
-from amp_ray.training.inputs import PlannedInputs
+from amp_ray.training.inputs import BatchLayout, PlannedInputs
 from amp_ray.training.launch import fit
 from amp_ray.training.objective import Objective
 from amp_ray.training.optim import EngineConfig
@@ -155,10 +156,8 @@ def train(encoded: Dataset, model_dir: str, steps: int, root: Path, size: int) -
         engine=engine, lora=None, freeze_vision=True, gradient_checkpointing=False,
         forward="shared_prefix", level_index=list(range(LEVELS)),
     )  # fmt: skip
-    inputs = PlannedInputs.plan(
-        encoded, processor_path=model_dir, storage=None, seed=0, micro_batch_size=MICRO,
-        accumulation=1, num_workers=WORKERS, steps=steps,
-    )  # fmt: skip
+    layout = BatchLayout(micro_batch_size=MICRO, accumulation=1, num_workers=WORKERS)
+    inputs = PlannedInputs.plan(encoded, layout, ActorModel("bench", model_dir), 0, steps)
     scaling = ScalingSpec(num_workers=WORKERS, cpus_per_worker=0.5)
     result = fit(
         preference_loop, config, scaling, f"bench-{size}",

@@ -10,11 +10,12 @@ import pytest
 from amp_ray.data.encode import EncodeSettings, ItemEncoder
 from amp_ray.models.decoding import generate
 from amp_ray.models.loading import load_model, load_processor
+from amp_ray.models.registry import ActorModel
 from amp_ray.models.store import commit_model, local_model_path, new_model_attempt
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import OptimizerSpec, ScalingSpec, ScheduleSpec
 from amp_ray.storage import open_location
-from amp_ray.training.inputs import PlannedInputs
+from amp_ray.training.inputs import BatchLayout, PlannedInputs
 from amp_ray.training.launch import fit
 from amp_ray.training.optim import EngineConfig
 from amp_ray.training.sft import SftLoopConfig, sft_loop
@@ -63,17 +64,8 @@ def encoded(tiny_dir: str, world_items: list[dict], tmp_path_factory: pytest.Tem
 
 
 def planned(encoded, tiny_dir: str, steps: int) -> PlannedInputs:
-    return PlannedInputs.plan(
-        encoded,
-        processor_path=tiny_dir,
-        storage=None,
-        seed=0,
-        micro_batch_size=8,
-        accumulation=2,
-        num_workers=2,
-        steps=steps,
-        mode="buckets",
-    )
+    layout = BatchLayout(micro_batch_size=8, accumulation=2, num_workers=2, mode="buckets")
+    return PlannedInputs.plan(encoded, layout, ActorModel("tiny", tiny_dir), seed=0, steps=steps)
 
 
 def test_two_worker_deepspeed_sft_learns_and_resumes_from_its_checkpoint(

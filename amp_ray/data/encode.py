@@ -19,7 +19,6 @@ from PIL import Image
 
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded, encode_conversation
-from amp_ray.models.store import local_model_path
 from amp_ray.storage.location import open_location
 from amp_ray.storage.quarantine import QUARANTINE_REASON, ROW_JSON, row_to_json, with_reason
 from amp_ray.storage.schemas import ENCODED_ITEMS
@@ -91,10 +90,9 @@ class EncodeSettings:
     storage: Any = None
 
     def load_processor(self) -> Any:
-        from amp_ray.models.loading import load_processor
+        from amp_ray.models.processors import stored_processor
 
-        path = local_model_path(self.processor_path, self.storage)
-        return load_processor(path, self.trust_remote_code)
+        return stored_processor(self.processor_path, self.storage, self.trust_remote_code)
 
 
 class ItemEncoder:

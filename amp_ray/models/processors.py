@@ -40,6 +40,20 @@ def load_processor(path: str, trust_remote_code: bool = False) -> Any:
             raise exc from None
 
 
+def stored_processor(uri: str, storage: Any = None, trust_remote_code: bool = False) -> Any:
+    """The processor of the model at `uri` (a run's model store, a path or a hub id), loaded
+    once per process: Ray reuses its worker processes across tasks and actors."""
+    key = (uri, trust_remote_code)
+    if key not in _stored:
+        from amp_ray.models.store import local_model_path
+
+        _stored[key] = load_processor(local_model_path(uri, storage), trust_remote_code)
+    return _stored[key]
+
+
+_stored: dict[tuple[str, bool], Any] = {}
+
+
 def image_only_processor(path: str, trust_remote_code: bool = False) -> Any:
     """The family's processor built from the files at `path` without a video processor."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.errors import SpecError
-from amp_ray.models.registry import load_options, model_uri
+from amp_ray.models.registry import actor_model, load_options, model_uri
 from amp_ray.models.store import commit_model, model_metadata, new_model_attempt
 from amp_ray.runtime import concurrent_runs
 from amp_ray.spec.alignment import TrainingSpec
@@ -193,21 +193,11 @@ class PreferenceRuns:
 
     def inputs(self, encoded: Any, recipe: TrainingSpec, engine: EngineConfig) -> Any:
         """The run's planned inputs (training/inputs.py) over the encoded dataset."""
-        from amp_ray.training.inputs import PlannedInputs
+        from amp_ray.training.inputs import BatchLayout, PlannedInputs
 
-        return PlannedInputs.plan(
-            encoded,
-            processor_path=model_uri(self.spec, self.run_dir, str(recipe.policy)),
-            storage=self.spec.storage,
-            seed=engine.seed,
-            micro_batch_size=recipe.micro_batch_size,
-            accumulation=recipe.gradient_accumulation_steps,
-            num_workers=recipe.scaling.num_workers,
-            steps=engine.steps,
-            input_cpus=recipe.input_cpus,
-            mode=recipe.batching,
-            trust_remote_code=load_options(self.spec, str(recipe.policy)).trust_remote_code,
-        )
+        policy = actor_model(self.spec, self.run_dir, str(recipe.policy), recipe.input_cpus)
+        layout = BatchLayout.of(recipe)
+        return PlannedInputs.plan(encoded, layout, policy, engine.seed, engine.steps)
 
     def loop_config(
         self,

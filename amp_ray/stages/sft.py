@@ -21,6 +21,7 @@ from amp_ray.cluster.requests import pool_request, workers_request
 from amp_ray.data.items import in_fraction, rows_where
 from amp_ray.errors import SpecError
 from amp_ray.models.registry import (
+    actor_model,
     load_options,
     model_uri,
     root_model,
@@ -197,7 +198,7 @@ class SftStage(Stage):
 
     def _train(self, name: str, encoded: Any) -> int:
         """Train run `name` unless its model is committed with the same settings; rows used."""
-        from amp_ray.training.inputs import PlannedInputs
+        from amp_ray.training.inputs import BatchLayout, PlannedInputs
         from amp_ray.training.launch import fit
         from amp_ray.training.optim import EngineConfig
         from amp_ray.training.sft import SftLoopConfig, sft_loop
@@ -208,20 +209,9 @@ class SftStage(Stage):
         settings = self._training_settings(name)
         seed = self.spec.seed + zlib.crc32(name.encode())
         engine = EngineConfig.from_block(sft, run.steps, seed)
-        inputs = PlannedInputs.plan(
-            encoded,
-            processor_path=model_uri(self.spec, self.run_dir, root_model(self.spec, name)),
-            storage=self.spec.storage,
-            seed=seed,
-            micro_batch_size=sft.micro_batch_size,
-            accumulation=sft.gradient_accumulation_steps,
-            num_workers=sft.scaling.num_workers,
-            steps=run.steps,
-            input_cpus=sft.input_cpus,
-            mode=sft.batching,
-            keep=functools.partial(in_fraction, fraction=run.data_fraction),
-            trust_remote_code=load_options(self.spec, name).trust_remote_code,
-        )
+        root = actor_model(self.spec, self.run_dir, root_model(self.spec, name), sft.input_cpus)
+        keep = functools.partial(in_fraction, fraction=run.data_fraction)
+        inputs = PlannedInputs.plan(encoded, BatchLayout.of(sft), root, seed, run.steps, keep)
         if model_metadata(location).get("settings") == settings and not self.force:
             return inputs.num_items
         attempt = new_model_attempt()

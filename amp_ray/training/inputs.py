@@ -30,6 +30,8 @@ import pyarrow.parquet as pq
 from ray.train import DataConfig
 
 from amp_ray.errors import DataError, SpecError
+from amp_ray.models.processors import stored_processor
+from amp_ray.models.registry import ActorModel
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 
 T = TypeVar("T")
@@ -176,7 +178,7 @@ def image_inputs_of(
     from amp_ray.models.conversation import image_inputs
     from amp_ray.storage.quarantine import ROW_JSON, row_to_json
 
-    processor = _processor(processor_path, storage, trust_remote_code)
+    processor = stored_processor(processor_path, storage, trust_remote_code)
     vision, reasons, originals = [], [], []
     for row in batch.select(["item_id", "image", "image_uri"]).to_pylist():
         try:
@@ -192,19 +194,6 @@ def image_inputs_of(
     batch = batch.append_column("vision", pa.array(vision, pa.binary()))
     batch = batch.append_column(QUARANTINE_REASON, pa.array(reasons, pa.string()))
     return batch.append_column(ROW_JSON, pa.array(originals, pa.string()))
-
-
-def _processor(path: str, storage: Any, trust_remote_code: bool) -> Any:
-    """The processor at `path`, loaded once per Ray worker process (tasks reuse processes)."""
-    if path not in _processors:
-        from amp_ray.models.loading import load_processor
-        from amp_ray.models.store import local_model_path
-
-        _processors[path] = load_processor(local_model_path(path, storage), trust_remote_code)
-    return _processors[path]
-
-
-_processors: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -266,7 +255,7 @@ class RankInputs:
 
     def __init__(self, rank: int, share: int, source: InputSource) -> None:
         self.rank, self.share, self.source = rank, share, source
-        _processor(source.processor_path, source.storage, source.trust_remote_code)
+        stored_processor(source.processor_path, source.storage, source.trust_remote_code)
 
     def __call__(self, plan: pa.Table) -> pa.Table:
         source = self.source
@@ -387,25 +376,52 @@ class PlannedInputs:
     def plan(
         cls,
         encoded: Any,
-        processor_path: str,
-        storage: Any,
+        layout: BatchLayout,
+        processor: ActorModel,
         seed: int,
-        micro_batch_size: int,
-        accumulation: int,
-        num_workers: int,
         steps: int,
-        input_cpus: float = 0.25,
-        mode: str = "shuffle",
         keep: Any = None,
-        trust_remote_code: bool = False,
     ) -> PlannedInputs:
-        """Plan `steps` global batches over the encoded dataset (a storage Dataset)."""
+        """Plan `steps` global batches over the encoded dataset (a storage Dataset); the
+        workers' pipelines make pixel inputs with the processor of model `processor`."""
         rows = encoded_index(encoded, keep)
-        global_batch = micro_batch_size * accumulation * num_workers
-        table = make_plan(rows, seed, global_batch, steps, mode)
+        table = make_plan(rows, seed, layout.global_batch, steps, layout.mode)
         files = [encoded.location.join(entry.path).uri for entry in encoded.manifest.files]
-        source = InputSource(files, processor_path, storage, input_cpus, trust_remote_code)
-        return cls(table, RankShards(global_batch, source), len(rows))
+        source = InputSource(
+            files,
+            processor.uri,
+            processor.storage,
+            layout.input_cpus,
+            processor.load.trust_remote_code,
+        )
+        return cls(table, RankShards(layout.global_batch, source), len(rows))
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a run's steps are cut: items per micro-batch, micro-batches a step on each worker,
+    workers; how items are grouped into global batches (make_plan's modes); and the CPUs of each
+    worker's pixel tasks. `of` reads it from an `sft` or `training` block."""
+
+    micro_batch_size: int
+    accumulation: int
+    num_workers: int
+    mode: str = "shuffle"
+    input_cpus: float = 0.25
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.accumulation * self.num_workers
+
+    @classmethod
+    def of(cls, block: Any) -> BatchLayout:
+        return cls(
+            block.micro_batch_size,
+            block.gradient_accumulation_steps,
+            block.scaling.num_workers,
+            block.batching,
+            block.input_cpus,
+        )
 
 
 def check_step(rows: StepRows, step: int) -> None:
