@@ -140,7 +140,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export the newest committed preferences: reference/, else rank/, else data/."""
-    from amp_ray.data.formats import export_preferences
+    from amp_ray.data.export import export_preferences
     from amp_ray.errors import DataError, StorageError
     from amp_ray.storage import RunDir
     from amp_ray.storage.schemas import ITEM_FIELDS
@@ -169,6 +169,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"skipped {len(report.skipped)} items the format cannot hold:", file=sys.stderr)
         for item_id, reason in report.skipped[:5]:
             print(f"  {item_id}: {reason}", file=sys.stderr)
+    if report.skipped_pairs:
+        print(
+            f"skipped {len(report.skipped_pairs)} pairs of levels that would teach nothing:",
+            file=sys.stderr,
+        )
+        for pair_id, reason in report.skipped_pairs[:5]:
+            print(f"  {pair_id}: {reason}", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,7 @@ to norm 1) for three designs of a preference training step:
       stage does), so a step is the policy forward, mdpo_loss, backward and optimizer step;
   (b) the AMP public code: the K levels as K full sequences (LevelScorer "full"), and a frozen
       copy of the model scoring the same K full sequences (no grad) at every step, then mdpo_loss;
-  (c) TRL's DPOTrainer (pip install trl==1.16.0; skipped when missing) on the pairwise expansion
+  (c) TRL's DPOTrainer (in the dev extras; skipped when missing) on the pairwise expansion
       of the same items: K(K-1)/2 = 6 (chosen, rejected) pairs per item, batch = 6 x items, the
       reference model run every step (TRL refuses precompute_ref_log_probs for vision datasets),
       gradient checkpointing off and float32 like (a) and (b), sequential sampling.

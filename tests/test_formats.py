@@ -17,12 +17,8 @@ from PIL import Image
 
 from amp_ray.cli import main
 from amp_ray.data import formats
-from amp_ray.data.formats import (
-    export_preferences,
-    import_preferences,
-    record_to_row,
-    row_to_records,
-)
+from amp_ray.data.export import export_preferences, row_to_records
+from amp_ray.data.formats import import_preferences, record_to_row
 from amp_ray.data.records import BadRow
 from amp_ray.errors import DataError, StorageError
 from amp_ray.storage.location import open_location
@@ -152,12 +148,12 @@ def test_k_levels_expand_to_pairs_in_each_mode() -> None:
         "best_vs_rest": [(0, 1), (0, 2), (0, 3)],
         "adjacent": [(0, 1), (1, 2), (2, 3)],
     }.items():
-        pairs = row_to_records("pairs", row, "/i.png", mode)
+        pairs = row_to_records("pairs", row, "/i.png", mode).records
         assert [(r["chosen"], r["rejected"]) for r in pairs] == [
             (levels[i][0], levels[j][0]) for i, j in expected
         ]
         assert [r["id"] for r in pairs] == [f"k4:{i}-{j}" for i, j in expected]
-        trl = row_to_records("trl_dpo", row, {"bytes": b"", "path": "i.png"}, mode)
+        trl = row_to_records("trl_dpo", row, {"bytes": b"", "path": "i.png"}, mode).records
         assert [r["rejected"][0]["content"][0]["text"] for r in trl] == [
             levels[j][0] for _, j in expected
         ]
@@ -171,7 +167,12 @@ def test_k_levels_expand_to_pairs_in_each_mode() -> None:
 # --- round trips ---------------------------------------------------------------------------------
 
 
-def test_amp_json_round_trips_byte_for_byte(tmp_path: Path) -> None:
+def with_absolute_images(records: list[dict], folder: Path) -> list[dict]:
+    """The records as amp_json export writes them: image paths absolute (AMP opens as written)."""
+    return [{**r, "image": str(folder / r["image"])} for r in records]
+
+
+def test_amp_json_round_trips(tmp_path: Path) -> None:
     write_images(tmp_path, "a.png", "b.png")
     records = [
         amp_record("a", "images/a.png", [["one .", "red ."], ["two .", "blue ."], ["3 .", "x ."]]),
@@ -183,9 +184,12 @@ def test_amp_json_round_trips_byte_for_byte(tmp_path: Path) -> None:
     assert first.items.schema == ITEMS and first.preferences.schema == PREFERENCES
     report = export_preferences(first.preferences, "amp_json", str(tmp_path / "out.json"))
     assert (report.items, report.records, report.skipped) == (2, 2, [])
-    assert (tmp_path / "out.json").read_bytes() == source.read_bytes()
+    exported = json.loads((tmp_path / "out.json").read_text())
+    assert exported == with_absolute_images(records, tmp_path)
     second = import_preferences("amp_json", str(tmp_path / "out.json"))
     assert second.preferences.equals(first.preferences)
+    export_preferences(second.preferences, "amp_json", str(tmp_path / "again.json"))
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "out.json").read_bytes()
 
 
 def test_images_held_as_bytes_are_written_beside_the_export(tmp_path: Path) -> None:
@@ -201,7 +205,7 @@ def test_images_held_as_bytes_are_written_beside_the_export(tmp_path: Path) -> N
     [name] = report.images
     assert (tmp_path / "out" / "images" / name).read_bytes() == png()
     exported = json.loads((tmp_path / "out" / "amp.json").read_text())
-    assert exported[0]["image"] == f"images/{name}"
+    assert exported[0]["image"] == str(tmp_path / "out" / "images" / name)
     again = import_preferences("amp_json", str(tmp_path / "out" / "amp.json"))
     assert again.items.select(["item_id", "rounds"]).equals(
         first.items.select(["item_id", "rounds"])
@@ -376,6 +380,16 @@ def test_bad_trl_and_pairs_rows_go_to_quarantine(tmp_path: Path) -> None:
         ("no-placeholder", {**ok, "prompt": [user("q ?")]}),
         ("ends-with-answer", {**ok, "prompt": [user("q ?", image=True), assistant("a .")]}),
         ("two-chosen", {**ok, "chosen": [assistant("a ."), assistant("b .")]}),
+        ("chosen-ends-asking", {**ok, "chosen": [assistant("a ."), user("and ?")]}),
+        (
+            "asks-apart",
+            {
+                **ok,
+                "chosen": [assistant("a ."), user("colour ?"), assistant("red .")],
+                "rejected": [assistant("b ."), user("size ?"), assistant("big .")],
+            },
+        ),
+        ("alike", {**ok, "rejected": [assistant("yes .")]}),
         ("corrupt", {**ok, "images": [{"bytes": b"\x89PNG not really", "path": None}]}),
         ("empty-rejected", {**ok, "rejected": [assistant(" ")]}),
     ]
@@ -388,7 +402,10 @@ def test_bad_trl_and_pairs_rows_go_to_quarantine(tmp_path: Path) -> None:
     assert reasons["two-images"].startswith("images must be a list of one image")
     assert reasons["no-placeholder"].startswith("the prompt has 0 image placeholders for 1 image")
     assert reasons["ends-with-answer"].startswith("the prompt ends with an assistant turn")
-    assert reasons["two-chosen"].startswith("chosen must be one assistant message")
+    assert reasons["two-chosen"].startswith("chosen message 1 is from 'assistant', expected 'user'")
+    assert reasons["chosen-ends-asking"].startswith("chosen ends with a user turn that has no")
+    assert reasons["asks-apart"].startswith("chosen and rejected ask different questions")
+    assert reasons["alike"].startswith("chosen and rejected give the same answer in every round")
     assert reasons["corrupt"].startswith("image bytes do not decode as an image")
     assert reasons["empty-rejected"].startswith("the answer of rejected is empty in round 0")
     jsonl = import_preferences("trl_dpo", str(tmp_path / "trl.jsonl"), str(tmp_path))
@@ -463,7 +480,7 @@ def test_the_data_stage_imports_amp_json_and_export_gives_it_back(
     dest = tmp_path / "src" / "exported.json"
     assert main(["export", "--format", "amp_json", str(tmp_path / "run"), str(dest)]) == 0
     assert "exported 2 items of data/preferences as 2 amp_json records" in capsys.readouterr().out
-    assert dest.read_bytes() == (tmp_path / "src" / "amp.json").read_bytes()
+    assert json.loads(dest.read_text()) == with_absolute_images(good, tmp_path / "src")
     trl = tmp_path / "trl.parquet"
     args = ["export", "--format", "trl_dpo", "--pairs", "adjacent", str(tmp_path / "run")]
     assert main([*args, str(trl)]) == 0
@@ -499,7 +516,8 @@ def test_import_and_export_through_s3(s3_endpoint: str, s3_bucket: str) -> None:
     assert result.items.column("image_uri").to_pylist() == [f"s3://{s3_bucket}/src/images/a.png"]
     dest = f"s3://{s3_bucket}/src/back.json"
     export_preferences(result.preferences, "amp_json", dest, storage=storage)
-    assert folder.join("back.json").read_bytes() == source.encode()
+    [back] = json.loads(folder.join("back.json").read_bytes())
+    assert back == {**records[0], "image": f"s3://{s3_bucket}/src/images/a.png"}
     export_preferences(
         result.preferences, "trl_dpo", f"s3://{s3_bucket}/out/t.parquet", "all", storage
     )

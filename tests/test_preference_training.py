@@ -20,9 +20,12 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def corrupted(answer: str, k: int) -> str:
-    """Level k of an answer: the reference (k=0), then more and more of its words replaced."""
+    """Level k of an answer: the reference (k=0), then more and more of its words replaced by
+    "square"; a short answer gets the rest appended, so that the K levels stay distinct."""
     words = answer.split()
-    return " ".join("square" if i < 2 * k and w.isalpha() else w for i, w in enumerate(words))
+    replaced = [i for i, w in enumerate(words) if i < 2 * k and w.isalpha()]
+    words = ["square" if i in replaced else w for i, w in enumerate(words)]
+    return " ".join(words + ["square"] * (2 * k - len(replaced)))
 
 
 def amp_json_from_world(folder: Path, world_items: list[dict], num_levels: int = 4) -> Path:

@@ -1,13 +1,15 @@
-"""Preference data in and out: AMP's training JSON, TRL's DPO rows, and plain chosen/rejected pairs.
+"""Preference data in: AMP's training JSON, TRL's DPO rows, and plain chosen/rejected pairs.
 
 Importing published data lets a run train on it (data/preferences stands in for generate + rank);
-exporting lets other trainers read ours. docs/formats.md shows what each direction loses.
+data/export.py writes the same formats so that other trainers read ours. docs/formats.md shows
+what each direction loses.
 
 - `amp_json`: a JSON array of {image, output_1 ... output_K} (K = 2..8, output_1 best); each output
   a LLaVA conversation [{"from": "human"|"gpt", "value"}] from human, "<image>" in its first turn.
 - `trl_dpo`: TRL's DPO vision rows {prompt, chosen, rejected, images} (JSONL, or Parquet with HF
   {bytes, path} image structs); messages {role, content: [{"type": "image"} | {"type": "text",
-  "text"}]}. Earlier prompt turns are earlier rounds; chosen/rejected answer the last user turn.
+  "text"}]}. The prompt's earlier turns are earlier rounds, the same in both levels; chosen and
+  rejected each go on from the answer to the prompt's last user turn (later turns included).
 - `pairs`: RLHF-V / RLAIF-V / POVID rows {image, question, chosen, rejected, ...}: one round, K = 2.
 
 Mapping, one record per item of split "preference": item_id = the record's `id`, `idx` or
@@ -18,9 +20,9 @@ candidates = one SCORED_CANDIDATE per output (output_k / chosen / rejected, gene
 source and checker = the format, initial_rank = checked_rank = the level); annotations =
 {"format", "extra": the keys the format does not use}, which export writes back.
 
-Record <-> row functions are pure; `import_preferences` and `export_preferences` go through
-`open_location` (local and s3://). A record that cannot become a row raises `BadRow`, whose
-message is its quarantine reason: a bad row never stops an import.
+Record -> row functions are pure; `import_preferences` goes through `open_location` (local and
+s3://). A record that cannot become a row (two of its levels alike in every round included)
+raises `BadRow`, whose message is its quarantine reason: a bad row never stops an import.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -54,13 +56,7 @@ from amp_ray.storage.quarantine import row_to_json
 from amp_ray.storage.schemas import ITEM_FIELDS, ITEMS, PREFERENCES, QUARANTINE, SCORED_CANDIDATE
 
 FORMATS = ("amp_json", "trl_dpo", "pairs")
-PAIR_MODES: dict[str, Callable[[int], list[tuple[int, int]]]] = {
-    "all": lambda k: [(i, j) for i in range(k) for j in range(i + 1, k)],
-    "best_vs_rest": lambda k: [(0, j) for j in range(1, k)],
-    "adjacent": lambda k: [(i, i + 1) for i in range(k - 1)],
-}
 EXTENSIONS = (".json", ".jsonl", ".parquet")
-EXPORT_EXTENSIONS = {"amp_json": (".json",), "trl_dpo": (".parquet",), "pairs": (".json", ".jsonl")}
 SIGNATURES = {  # the keys that tell the formats apart, for the up-front check of a file
     "amp_json": ("image", "output_1"),
     "trl_dpo": ("prompt", "chosen", "rejected"),
@@ -70,7 +66,6 @@ ID_KEYS = ("id", "idx", "question_id")
 MAX_LEVELS = 8
 DEFAULT_TASK = "imported"
 _OUTPUT_KEY = re.compile(r"output_([1-9][0-9]*)")
-_MAGIC = {b"\x89PNG": "png", b"\xff\xd8": "jpg", b"GIF8": "gif", b"RIFF": "webp", b"BM": "bmp"}
 
 TEXT_BLOCK = pa.struct([("text", pa.string()), ("type", pa.string())])
 MESSAGES = pa.list_(pa.struct([("content", pa.list_(TEXT_BLOCK)), ("role", pa.string())]))
@@ -109,6 +104,12 @@ def record_to_row(fmt: str, record: Any, image_root: Location | None = None) -> 
         empty = [t for t, text in enumerate(texts) if not text.strip()]
         if empty:
             raise BadRow(f"{name} is empty in round {empty[0]}")
+    for i, j in combinations(range(len(parsed.levels)), 2):
+        if parsed.levels[i] == parsed.levels[j]:
+            raise BadRow(
+                f"{parsed.level_ids[i]} and {parsed.level_ids[j]} give the same answer in every "
+                "round: a preference between them teaches nothing"
+            )
     item_id, used = record_item_id(fmt, record)
     used |= parsed.used
     task = record.get("task")
@@ -214,18 +215,37 @@ def _parse_trl(record: dict[str, Any]) -> _Parsed:
             raise BadRow("the prompt ends with an assistant turn instead of the user's question")
     if placeholders != 1:
         raise BadRow(f"the prompt has {placeholders} image placeholders for 1 image")
-    levels = []
+    later, levels = None, []
     for key in ("chosen", "rejected"):
-        value = record[key]
-        message = value[0] if isinstance(value, list) and len(value) == 1 else None
-        role, text, count = ("assistant", value, 0) if isinstance(value, str) else (None, "", 0)
-        if message is not None:
-            role, text, count = _trl_message(message, key)
-        if role != "assistant" or count:
-            raise BadRow(f"{key} must be one assistant message (or text)")
-        levels.append([*history, text])
+        asked, answers = _trl_completion(record[key], key)
+        if later is not None and asked != later:
+            raise BadRow("chosen and rejected ask different questions after the prompt")
+        later = asked
+        levels.append([*history, *answers])
     keys = frozenset(["prompt", "chosen", "rejected", "images"])
-    return _Parsed(images[0], questions, levels, ["chosen", "rejected"], keys)
+    return _Parsed(images[0], questions + later, levels, ["chosen", "rejected"], keys)
+
+
+def _trl_completion(value: Any, key: str) -> tuple[list[str], list[str]]:
+    """(user turns, assistant turns) of a chosen / rejected value: text, or messages that
+    alternate from an assistant turn and end with one (the rest of the conversation)."""
+    if isinstance(value, str):
+        return [], [value]
+    if not isinstance(value, list) or not value:
+        raise BadRow(f"{key} must be text or a non-empty list of messages")
+    answers, asked = [], []
+    for i, message in enumerate(value):
+        role, text, count = _trl_message(message, f"{key} message {i}")
+        expected = ("assistant", "user")[i % 2]
+        if role != expected or count:
+            raise BadRow(
+                f"{key} message {i} is from {role!r}, expected {expected!r} without an image "
+                "(alternation, from the answer to the prompt's last question)"
+            )
+        (answers, asked)[i % 2].append(text)
+    if len(asked) == len(answers):
+        raise BadRow(f"{key} ends with a user turn that has no answer")
+    return asked, answers
 
 
 def _parse_pairs(record: dict[str, Any]) -> _Parsed:
@@ -370,173 +390,3 @@ def import_preferences(
         labels += [f"record {n} of {posixpath.basename(file.path)}" for n in range(len(found))]
     exists = lambda uri: resolve_image_uri(uri, root).exists()  # noqa: E731
     return records_to_tables(fmt, records, root, labels=labels, image_exists=exists)
-
-
-def annotations_extra(annotations: str | None) -> dict[str, Any]:
-    """The extra keys an import kept in annotations (none for items the run made)."""
-    try:
-        data = json.loads(annotations or "{}")
-        extra = data.get("extra") if "format" in data else None
-    except (ValueError, TypeError, AttributeError):  # not JSON, or not an object
-        return {}
-    return extra if isinstance(extra, dict) else {}
-
-
-def row_to_records(fmt: str, row: dict[str, Any], image: Any, pairs: str = "all") -> list[dict]:
-    """The records of `fmt` for one PREFERENCES row (`image`: the value to write as its image).
-
-    Pair formats expand K levels to PAIR_MODES[pairs]; BadRow when the format cannot hold the row.
-    """
-    questions = [turn["question"] for turn in row["rounds"]]
-    levels = [list(level["answers"]) for level in row["levels"]]
-    if len(levels) < 2 or any(len(answers) != len(questions) for answers in levels):
-        raise BadRow(f"{len(levels)} level(s), or a level without one answer per round")
-    extra = annotations_extra(row.get("annotations"))
-    if fmt == "amp_json":
-        if len(levels) > MAX_LEVELS:
-            raise BadRow(f"{len(levels)} levels: amp_json holds {MAX_LEVELS} at most")
-        outputs = {f"output_{k + 1}": _llava(questions, a) for k, a in enumerate(levels)}
-        return [_record(row, extra, None, {"image": image, **outputs})]
-    if fmt == "pairs" and len(questions) != 1:
-        raise BadRow(f"{len(questions)} rounds: pairs hold one; export as amp_json or trl_dpo")
-    chosen_rejected = PAIR_MODES[pairs](len(levels))
-    records = []
-    for i, j in chosen_rejected:
-        suffix = f":{i}-{j}" if len(chosen_rejected) > 1 else None
-        if fmt == "pairs":
-            body = {"image": image, "question": questions[0]}
-            body |= {"chosen": levels[i][0], "rejected": levels[j][0]}
-        else:
-            body = {"prompt": _trl_prompt(row["rounds"])}
-            body |= {"chosen": _assistant(levels[i][-1]), "rejected": _assistant(levels[j][-1])}
-            body["images"] = [image]
-        records.append(_record(row, extra, suffix, body))
-    return records
-
-
-def _record(row: dict, extra: dict, suffix: str | None, body: dict) -> dict[str, Any]:
-    """id (unless an extra id key carries it), the format's keys, task, then the extra keys."""
-    item_id = row["item_id"]
-    if suffix is not None:  # one item, several pairs: each its own id
-        record = {"id": f"{item_id}{suffix}", **body}
-    elif any(key in extra and str(extra[key]) == item_id for key in ID_KEYS):
-        record = dict(body)
-    else:
-        record = {"id": item_id, **body}
-    if row.get("task") and row["task"] != DEFAULT_TASK:
-        record["task"] = row["task"]
-    for key, value in extra.items():
-        record.setdefault(key, value)
-    return record
-
-
-def _llava(questions: list[str], answers: list[str]) -> list[dict[str, str]]:
-    turns = []
-    for t, (question, answer) in enumerate(zip(questions, answers, strict=True)):
-        value = f"<image>\n{question}" if t == 0 else question
-        turns += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
-    return turns
-
-
-def _assistant(text: str) -> list[dict[str, Any]]:
-    return [{"content": [{"text": text, "type": "text"}], "role": "assistant"}]
-
-
-def _trl_prompt(rounds: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """The user turns, the image block in the first; earlier rounds' reference answers between."""
-    messages: list[dict[str, Any]] = []
-    for t, turn in enumerate(rounds):
-        content = [{"text": None, "type": "image"}] if t == 0 else []
-        content.append({"text": turn["question"], "type": "text"})
-        messages.append({"content": content, "role": "user"})
-        if t < len(rounds) - 1:
-            messages += _assistant(turn["answer"])
-    return messages
-
-
-@dataclass
-class ExportReport:
-    dest: str
-    items: int = 0
-    records: int = 0
-    images: set[str] = field(default_factory=set)  # files written under images/ (from bytes)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item_id, reason)
-
-
-def export_preferences(
-    table: pa.Table, fmt: str, dest: str, pairs: str = "all", storage: Any = None
-) -> ExportReport:
-    """Write PREFERENCES rows as a `fmt` file at `dest`; rows the format cannot hold are skipped."""
-    if fmt not in FORMATS or pairs not in PAIR_MODES:
-        raise DataError(f"unknown format {fmt!r} or pairs {pairs!r}: see docs/formats.md")
-    target = open_location(dest, storage)
-    if not target.path.endswith(EXPORT_EXTENSIONS[fmt]):
-        raise DataError(
-            f"{dest}: a {fmt} export is written to a {' or '.join(EXPORT_EXTENSIONS[fmt])} file",
-            hint=f"give DEST a name ending in {EXPORT_EXTENSIONS[fmt][0]}",
-        )
-    folder = Location(target.fs, posixpath.dirname(target.path))
-    report = ExportReport(target.uri)
-    records: list[dict[str, Any]] = []
-    for batch in table.to_batches():
-        for row in batch.to_pylist():
-            try:
-                image = _export_image(fmt, row, folder, report, storage)
-                records += row_to_records(fmt, row, image, pairs)
-                report.items += 1
-            except BadRow as exc:
-                report.skipped.append((row["item_id"], str(exc)))
-    if fmt == "trl_dpo":
-        buffer = pa.BufferOutputStream()
-        pq.write_table(trl_table(records), buffer)
-        data = buffer.getvalue().to_pybytes()
-    elif target.path.endswith(".jsonl"):
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-    else:
-        data = (json.dumps(records, ensure_ascii=False, indent=2) + "\n").encode()
-    target.write_bytes_atomic(data)
-    report.records = len(records)
-    return report
-
-
-def _export_image(fmt: str, row: dict, folder: Location, report: ExportReport, storage: Any) -> Any:
-    """TRL: a {bytes, path} struct. JSON formats: a path (bytes go to images/ beside the file)."""
-    data, uri = row.get("image"), row.get("image_uri")
-    if data is None and not uri:
-        raise BadRow("the item has no image")
-    if fmt == "trl_dpo":
-        if data is None:
-            absolute = "://" in uri or posixpath.isabs(uri)
-            try:
-                data = (open_location(uri, storage) if absolute else folder.join(uri)).read_bytes()
-            except StorageError as exc:
-                raise BadRow(f"image {uri} cannot be read ({exc.message})") from None
-        return {"bytes": data, "path": image_file_name(data)}
-    if data is not None:
-        name = image_file_name(data)
-        if name not in report.images:
-            folder.join("images", name).write_bytes_atomic(data)
-            report.images.add(name)
-        return f"images/{name}"
-    prefix = folder.uri.rstrip("/") + "/"
-    return uri[len(prefix) :] if uri.startswith(prefix) else uri
-
-
-def image_file_name(data: bytes) -> str:
-    """A name by content (sha256): equal images share one file, and names are stable."""
-    kind = next((ext for magic, ext in _MAGIC.items() if data.startswith(magic)), "bin")
-    return f"{hashlib.sha256(data).hexdigest()[:16]}.{kind}"
-
-
-def trl_table(records: list[dict[str, Any]]) -> pa.Table:
-    """TRL records as an Arrow table in HF datasets' layout (images as a list of Image)."""
-    required = ("prompt", "chosen", "rejected", "images")
-    names = list(dict.fromkeys([*(key for r in records for key in r), *required]))
-    try:
-        columns = {n: pa.array([r.get(n) for r in records], type=TRL_TYPES.get(n)) for n in names}
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise DataError(
-            f"a column of the export mixes types ({exc})",
-            hint="the extra keys kept from an import must have one type per key",
-        ) from None
-    return pa.table(columns).replace_schema_metadata({"huggingface": HF_METADATA})
