@@ -3,7 +3,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.amp-ray-installed
 
-.PHONY: demo test test-slow lint format install clean
+VLLM_VENV ?= .venv-vllm
+VLLM_INSTALLED := $(VLLM_VENV)/.amp-ray-vllm-installed
+
+.PHONY: demo test test-slow lint format install vllm-env clean
 
 demo: $(INSTALLED)  ## run the main job on the embedded synthetic world
 	$(BIN)/amp-ray run jobs/demo.yaml $(ARGS)
@@ -24,8 +27,13 @@ format: $(INSTALLED)
 
 install: $(INSTALLED)
 
+vllm-env: $(VLLM_INSTALLED)  ## the environment vLLM answers from (generation.engine: vllm)
+
+$(VLLM_INSTALLED): scripts/vllm_env.sh constraints.txt
+	scripts/vllm_env.sh $(VLLM_VENV)
+
 $(INSTALLED): pyproject.toml constraints.txt scripts/install.sh
 	scripts/install.sh $(VENV)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

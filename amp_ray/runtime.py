@@ -250,7 +250,8 @@ def map_with_actor_pool(
     `whole_blocks`: each block of `dataset` is one batch (storage/batches.fixed_batches), so that
     which rows share a batch never follows the order blocks arrive in. Ray Data refuses whole
     blocks to a GPU pool (it needs a batch size there); GPU pools take `pool.batch_size`, and
-    their kernels are not bit-exact run to run anyway."""
+    their kernels are not bit-exact run to run anyway. A pool built with vLLM settings
+    (kwargs["vllm"], spec/engines.py) starts its actors from the vLLM environment's Python."""
     import ray.data
 
     name = role or fn_class.__name__
@@ -261,6 +262,8 @@ def map_with_actor_pool(
         remote_args["accelerator_type"] = pool.accelerator_type
     if pool.resources:
         remote_args["resources"] = dict(pool.resources)
+    if kwargs.get("vllm") is not None:
+        remote_args["runtime_env"] = kwargs["vllm"].runtime_env()
     return dataset.map_batches(
         PoolActor,
         fn_constructor_args=(fn_class, kwargs, name, placement_log),

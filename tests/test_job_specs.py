@@ -161,3 +161,20 @@ def test_the_world_sweeps_run_the_demo_s_settings(name: str, own: list[str]) -> 
     sweep = yaml.safe_load((REPO / "jobs" / name).read_text(encoding="utf-8"))
     assert _without(sweep, own) == _without(demo, own)
     assert "train" not in sweep["stages"] and "sweep" in sweep["stages"]
+
+
+def test_the_paper_spec_on_vllm_in_docs_validates_on_the_aws_node_types(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/cluster.md's `amp-ray validate` line for MEG on vLLM, run as it is written there."""
+    monkeypatch.chdir(REPO)
+    text = (REPO / "docs" / "cluster.md").read_text(encoding="utf-8")
+    [line] = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip().startswith("amp-ray validate") and "generation.engine=vllm" in line
+    ]
+    code = main(line.split()[1:])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "fit the node types of cluster/aws.yaml" in out

@@ -8,10 +8,12 @@ import pyarrow as pa
 
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
+from amp_ray.generation.candidates import stable_seed
 from amp_ray.models.decoding import answer_dialogues
 from amp_ray.models.loading import load_for_inference
 from amp_ray.models.registry import ActorModel, LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
+from amp_ray.spec.engines import VllmSpec
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import ANSWERS
 
@@ -27,12 +29,14 @@ def answer_with_models(
     loads: dict[str, LoadOptions] | None = None,
     stage: Any = None,
     key: str = "evaluation.actors",
+    vllm: VllmSpec | None = None,
 ) -> None:
     """Every model (name -> URI) answers the Ray dataset `items` on its own actor pool; the rows
     go to `writers` through `route` (answers, and the quarantine of items it cannot answer).
     Models are answered side by side, as many at once as leave CPUs for reading (on a cluster
     that grows: as many as it holds at its largest). `stage` (the stage answering, with `key`,
-    the spec key of `pool`) waits for each wave's resources first."""
+    the spec key of `pool`) waits for each wave's resources first. Given `vllm` settings the
+    models answer on vLLM engines (generation/vllm_engine.py)."""
     from amp_ray.cluster.requests import SPARE_CPUS_FOR_TASKS, pool_request
     from amp_ray.runtime import batched, concurrent_pools, map_with_actor_pool
     from amp_ray.storage.raysink import write_ray
@@ -53,6 +57,7 @@ def answer_with_models(
                         name, models[name], loads.get(name, LoadOptions()), pool.num_cpus, storage
                     ),
                     "sampling": sampling,
+                    "vllm": vllm,
                 },
             )
             for name in wave
@@ -65,11 +70,26 @@ class AnswerGenerator:
     """Ray Data callable: item rows in, the model's answers to every round out (ANSWERS schema,
     plus the quarantine column for items it could not answer)."""
 
-    def __init__(self, model: ActorModel, sampling: SamplingSpec) -> None:
-        self.model, self.processor = load_for_inference(model)
+    def __init__(
+        self, model: ActorModel, sampling: SamplingSpec, vllm: VllmSpec | None = None
+    ) -> None:
+        self.engine: Any = None
+        if vllm is None:
+            self.model, self.processor = load_for_inference(model)
+        else:
+            from amp_ray.generation.vllm_engine import VllmEngine
+
+            self.engine = VllmEngine(model, vllm, seed=0)
         self.model_name = model.name
         self.sampling = sampling
         self.storage = model.storage
+
+    def answer(self, rows: list[dict], images: list[Any]) -> list[list[Any]]:
+        dialogues = [[turn["question"] for turn in row["rounds"]] for row in rows]
+        if self.engine is None:
+            return answer_dialogues(self.model, self.processor, images, dialogues, self.sampling)
+        seeds = [stable_seed(self.model_name, row["item_id"]) for row in rows]
+        return self.engine.answer_dialogues(images, dialogues, self.sampling, seeds)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -83,13 +103,8 @@ class AnswerGenerator:
                 images.append(None)
                 reasons.append(exc.message)
         usable = [i for i, reason in enumerate(reasons) if reason is None]
-        dialogues = [[turn["question"] for turn in rows[i]["rounds"]] for i in usable]
         answered = (
-            answer_dialogues(
-                self.model, self.processor, [images[i] for i in usable], dialogues, self.sampling
-            )
-            if usable
-            else []
+            self.answer([rows[i] for i in usable], [images[i] for i in usable]) if usable else []
         )
         results: dict[int, list[Any]] = dict(zip(usable, answered, strict=True))
         out = [

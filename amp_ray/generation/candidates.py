@@ -21,6 +21,7 @@ from PIL import Image
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
 from amp_ray.models.registry import ActorModel
+from amp_ray.spec.engines import VllmSpec
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import CANDIDATES
 
@@ -69,12 +70,20 @@ def stable_seed(*parts: Any) -> int:
 
 
 class CandidateGenerator(ABC):
-    """Ray Data callable base: loads one model and its processor per actor; subclasses answer."""
+    """Ray Data callable base: loads one model and its processor per actor, in HF or, given
+    `vllm` settings, on a vLLM engine (generation/vllm_engine.py); subclasses answer."""
 
-    def __init__(self, model: ActorModel, seed: int = 0) -> None:
-        from amp_ray.models.loading import load_for_inference
+    def __init__(self, model: ActorModel, seed: int = 0, vllm: VllmSpec | None = None) -> None:
+        self.engine: Any = None
+        if vllm is None:
+            from amp_ray.models.loading import load_for_inference
 
-        self.model, self.processor = load_for_inference(model)
+            self.model, self.processor = load_for_inference(model)
+        else:
+            from amp_ray.generation.vllm_engine import VllmEngine
+
+            self.engine = VllmEngine(model, vllm, seed)
+            self.model, self.processor = None, self.engine.processor
         self.model_name = model.name
         self.storage = model.storage
         self.seed = seed
@@ -90,7 +99,7 @@ class CandidateGenerator(ABC):
         from amp_ray.models.conversation import encode_conversation
         from amp_ray.models.loading import max_positions
 
-        limit = max_positions(self.model)
+        limit = self.engine.max_model_len if self.engine else max_positions(self.model)
         if limit is None:
             return
         questions, references = questions_and_references(row)

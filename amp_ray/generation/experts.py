@@ -16,10 +16,12 @@ from amp_ray.generation.candidates import (
     CandidateGenerator,
     candidate,
     questions_and_references,
+    stable_seed,
 )
 from amp_ray.models.decoding import answer_dialogues
 from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import SamplingSpec
+from amp_ray.spec.engines import VllmSpec
 
 
 class ModelCandidates(CandidateGenerator):
@@ -32,8 +34,9 @@ class ModelCandidates(CandidateGenerator):
         initial_rank: int,
         sampling: SamplingSpec,
         seed: int = 0,
+        vllm: VllmSpec | None = None,
     ) -> None:
-        super().__init__(model, seed)
+        super().__init__(model, seed, vllm)
         self.generator = generator
         self.initial_rank = initial_rank
         self.sampling = sampling
@@ -43,13 +46,20 @@ class ModelCandidates(CandidateGenerator):
         samples = self.sampling.num_samples
         dialogues = [questions_and_references(row)[0] for row in rows]
         # Each sample is its own dialogue: its later rounds follow its own earlier answers.
-        answered = answer_dialogues(
-            self.model,
-            self.processor,
-            [image for image in images for _ in range(samples)],
-            [questions for questions in dialogues for _ in range(samples)],
-            self.sampling,
-        )
+        images = [image for image in images for _ in range(samples)]
+        dialogues = [questions for questions in dialogues for _ in range(samples)]
+        if self.engine is None:
+            answered = answer_dialogues(
+                self.model, self.processor, images, dialogues, self.sampling
+            )
+        else:  # a seed per sample and item: the same answers whatever shares the engine
+            seeds = [
+                stable_seed(self.seed, self.model_name, row["item_id"], s)
+                for row in rows
+                for s in range(samples)
+            ]
+            answered = self.engine.answer_dialogues(images, dialogues, self.sampling, seeds)
+        engine = {"engine": "vllm"} if self.engine else {}  # HF candidates stay as they were
         out = []
         for r in range(len(rows)):
             mine = answered[r * samples : (r + 1) * samples]
@@ -62,6 +72,7 @@ class ModelCandidates(CandidateGenerator):
                         self.initial_rank,
                         [g.text for g in dialogue],
                         finished=[g.finished for g in dialogue],
+                        **engine,
                     )
                     for s, dialogue in enumerate(mine)
                 ]

@@ -12,7 +12,8 @@ from amp_ray.spec.alignment import GenerationSpec
 def model_candidates(
     generation: GenerationSpec, method: str, model: ActorModel, initial_rank: int, seed: int
 ) -> tuple[type, dict[str, Any]]:
-    """`generation.sampling.num_samples` answers per item from one model (MEG, IG, sampled)."""
+    """`generation.sampling.num_samples` answers per item from one model (MEG, IG, sampled), on
+    the engine `generation.engine` names."""
     from amp_ray.generation.experts import ModelCandidates
 
     return ModelCandidates, {
@@ -21,6 +22,7 @@ def model_candidates(
         "initial_rank": initial_rank,
         "sampling": generation.sampling,
         "seed": seed,
+        "vllm": generation.vllm if generation.engine == "vllm" else None,
     }
 
 

@@ -9,7 +9,7 @@ import itertools
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from amp_ray.losses.table import LOSSES, LossKind
 from amp_ray.spec.blocks import (
@@ -28,6 +28,7 @@ from amp_ray.spec.blocks import (
     ScheduleSpec,
     WorldCheckSpec,
 )
+from amp_ray.spec.engines import Engine, VllmSpec, check_vllm_pool
 
 NumLevels = Annotated[int, Field(ge=2, le=8)]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # names that are path segments
@@ -79,6 +80,18 @@ class BdhsSpec(Block):
     max_tries: PositiveInt = 5
     flip_yes_no: Probability = 0.5
     encoder: str = "all-MiniLM-L6-v2"
+    engine: Literal["hf"] = Field("hf", description="BDHS runs on hf whatever generation.engine")
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _hf_only(cls, engine: Any) -> Any:
+        if engine != "hf":
+            raise ValueError(
+                f"engine {engine!r}: BDHS hides image tokens through the attention mask, which "
+                "vLLM's engines do not take, so it runs on hf (generation.engine: vllm still "
+                "runs meg and ig on vLLM); remove generation.bdhs.engine"
+            )
+        return engine
 
 
 GeneratorName = Literal["meg", "ig", "bdhs"]
@@ -95,9 +108,13 @@ class GenerationSpec(Block):
     bdhs: BdhsSpec = BdhsSpec()
     sampling: SamplingSpec = SamplingSpec()
     actors: ActorPoolSpec = ActorPoolSpec()
+    engine: Engine = Field("hf", description="what answers for meg and ig (bdhs: always hf)")
+    vllm: VllmSpec = VllmSpec()
 
     @model_validator(mode="after")
     def _each_method_has_models(self) -> GenerationSpec:
+        if self.engine == "vllm":
+            check_vllm_pool(self.sampling, self.actors, self.vllm, "generation", "sampling")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods {self.methods} lists a generator twice")
         if "meg" in self.methods and not self.meg.experts:
@@ -505,9 +522,13 @@ class EvaluationSpec(Block):
     judge: JudgeSpec = JudgeSpec()
     actors: ActorPoolSpec = ActorPoolSpec()
     judge_actors: ActorPoolSpec = ActorPoolSpec(num_actors=1, num_cpus=0.25, batch_size=16)
+    engine: Engine = Field("hf", description="what answers (vllm: decoding without beams)")
+    vllm: VllmSpec = VllmSpec()
 
     @model_validator(mode="after")
     def _files_name_their_benchmarks(self) -> EvaluationSpec:
+        if self.engine == "vllm":
+            check_vllm_pool(self.decoding, self.actors, self.vllm, "evaluation", "decoding")
         if "chair" in self.files:
             raise ValueError(
                 "evaluation.files.chair: CHAIR needs per-image object annotations and runs on "

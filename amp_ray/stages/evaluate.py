@@ -47,7 +47,7 @@ class EvaluateStage(Stage):
     def config(self) -> dict[str, Any]:
         return {
             "evaluation": self.spec.evaluation.model_dump(
-                mode="json", exclude={"actors", "judge_actors"}
+                mode="json", exclude={"actors", "judge_actors", "vllm"}
             ),
             "models": self.models(),
             # the prompt files' contents, not only their paths: an edited template re-judges
@@ -62,6 +62,10 @@ class EvaluateStage(Stage):
         return read_prompt_files(self.spec.evaluation.judge, self.spec.storage)
 
     def preflight(self) -> None:
+        if self.spec.evaluation.engine == "vllm":
+            from amp_ray.generation.vllm_engine import check_vllm_environment
+
+            check_vllm_environment(self.spec.evaluation.vllm, "evaluation")
         if self._world_benchmarks() and self.spec.data.source != "world":
             raise SpecError(
                 f"benchmarks {self._world_benchmarks()} have no file in evaluation.files and the "
@@ -121,6 +125,12 @@ class EvaluateStage(Stage):
         from amp_ray.evaluation.answers import answer_with_models
 
         evaluation = self.spec.evaluation
+        if evaluation.engine == "vllm":  # before any answer: every model vLLM is to load
+            from amp_ray.generation.vllm_engine import check_vllm_model
+            from amp_ray.models.store import local_model_path
+
+            for name, uri in self.models().items():
+                check_vllm_model(name, local_model_path(uri, self.spec.storage))
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         answers = self.run_dir.writer(self.name, "answers", "answers")
         items, rows_in = self._items(quarantine)
@@ -138,6 +148,7 @@ class EvaluateStage(Stage):
             loads,
             stage=self,
             key="evaluation.actors",
+            vllm=evaluation.vllm if evaluation.engine == "vllm" else None,
         )
         answered = answers.commit()
         judgments = self._judge(quarantine) if answered.num_rows else None

@@ -23,7 +23,7 @@ from amp_ray.spec.alignment import GenerationSpec
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.batches import fixed_batches, where_in
 
-HOW_IT_RUNS = {"actors": True}
+HOW_IT_RUNS = {"actors": True, "vllm": True, "bdhs": {"engine": True}}  # not what is made
 
 
 class GenerateStage(Stage):
@@ -65,6 +65,10 @@ class GenerateStage(Stage):
                 "stage 'generate' has no generator: generation.methods is empty",
                 hint="choose from meg, ig, bdhs",
             )
+        if self.spec.generation.engine == "vllm":
+            from amp_ray.generation.vllm_engine import check_vllm_environment
+
+            check_vllm_environment(self.spec.generation.vllm, "generation")
         if "bdhs" in self.spec.generation.methods and self.bdhs_model() is None:
             raise SpecError(
                 "BDHS needs a policy to hide the image from: set generation.bdhs.model "
@@ -99,6 +103,7 @@ class GenerateStage(Stage):
 
         pools = self.pools()
         actors = self.spec.generation.actors
+        self.check_vllm_models(pools)
         # the chain's pools run side by side: all of them must fit at once
         self.ensure_resources(
             [
@@ -124,6 +129,17 @@ class GenerateStage(Stage):
 
         counts = self.write_journaled(pending, "candidates", "candidates")
         return StageCounts(rows_in, counts.rows_out, counts.rows_quarantined)
+
+    def check_vllm_models(self, pools: list[tuple[type, dict[str, Any]]]) -> None:
+        """Every model a vLLM pool loads is checked before any generation starts (the vLLM
+        environment was, in preflight)."""
+        from amp_ray.generation.vllm_engine import check_vllm_model
+        from amp_ray.models.store import local_model_path
+
+        for _, kwargs in pools:
+            if kwargs.get("vllm") is not None:
+                model = kwargs["model"]
+                check_vllm_model(model.name, local_model_path(model.uri, model.storage))
 
     def summary(self) -> list[str]:
         table = self.run_dir.dataset(self.name, "candidates").read_table(["candidates", "rounds"])

@@ -80,6 +80,12 @@ class TrainStage(Stage):
     def preflight(self) -> None:
         if self.spec.training.policy is None:
             raise SpecError("stage 'train' needs training.policy: the model to align")
+        online = self.spec.training.online
+        if online.rounds and online.generator != "bdhs" and self.spec.generation.engine == "vllm":
+            from amp_ray.generation.vllm_engine import check_vllm_environment
+
+            # the rounds sample on generation's engine: a fresh engine per round's weights
+            check_vllm_environment(self.spec.generation.vllm, "generation")
 
     def run(self) -> StageCounts:
         from amp_ray.evaluation.world_check import check_models
