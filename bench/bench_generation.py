@@ -40,13 +40,14 @@ import torch
 
 from amp_ray.data.encode import load_image
 from amp_ray.generation.candidates import start_candidates
-from amp_ray.generation.experts import ModelCandidates
+from amp_ray.generation.pools import model_candidates
 from amp_ray.models.conversation import collate, encode_conversation
 from amp_ray.models.decoding import generate
 from amp_ray.models.loading import load_model, load_processor
+from amp_ray.models.registry import ActorModel
 from amp_ray.models.tiny import create_tiny_model
 from amp_ray.runtime import RaySession, light_map, map_with_actor_pool, torch_threads_for
-from amp_ray.spec.alignment import SamplingSpec
+from amp_ray.spec.alignment import GenerationSpec, SamplingSpec
 from amp_ray.spec.blocks import ActorPoolSpec, ResourcesSpec, TinyLlavaSpec, WorldSpec
 from amp_ray.storage.schemas import ITEMS
 from amp_ray.world import World
@@ -98,8 +99,10 @@ def pool_run(
     started = time.perf_counter()
     rows = ray.data.from_arrow(table).repartition(target_num_rows_per_block=pool.batch_size)
     rows = light_map(rows, start_candidates)
-    args = ("meg", "bench", model_dir, 1, sampling, pool.num_cpus)
-    rows = map_with_actor_pool(rows, ModelCandidates, pool, args)
+    model = ActorModel("bench", model_dir, num_cpus=pool.num_cpus)
+    generation = GenerationSpec(sampling=sampling, actors=pool)
+    fn_class, kwargs = model_candidates(generation, "meg", model, 1, seed=0)
+    rows = map_with_actor_pool(rows, fn_class, pool, kwargs)
     answers: Answers = {}
     arrivals: list[tuple[float, int]] = []
     for batch in rows.iter_batches(batch_size=None, batch_format="pyarrow"):
