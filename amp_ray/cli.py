@@ -165,17 +165,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"exported {report.items} items of {stage}/preferences as {report.records} {args.format} "
         f"records to {report.dest}{images}"
     )
-    if report.skipped:
-        print(f"skipped {len(report.skipped)} items the format cannot hold:", file=sys.stderr)
-        for item_id, reason in report.skipped[:5]:
-            print(f"  {item_id}: {reason}", file=sys.stderr)
-    if report.skipped_pairs:
-        print(
-            f"skipped {len(report.skipped_pairs)} pairs of levels that would teach nothing:",
-            file=sys.stderr,
-        )
-        for pair_id, reason in report.skipped_pairs[:5]:
-            print(f"  {pair_id}: {reason}", file=sys.stderr)
+    for skipped, what in (
+        (report.skipped, "items the format cannot hold"),
+        (report.skipped_pairs, "pairs of levels that would teach nothing"),
+    ):
+        if skipped:
+            print(f"skipped {len(skipped)} {what}:", file=sys.stderr)
+            for key, reason in skipped[:5]:  # the first five, by item or pair id
+                print(f"  {key}: {reason}", file=sys.stderr)
     return 0
 
 

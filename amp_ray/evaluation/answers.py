@@ -8,9 +8,7 @@ import pyarrow as pa
 
 from amp_ray.data.encode import load_image
 from amp_ray.errors import DataError
-from amp_ray.generation.candidates import stable_seed
-from amp_ray.models.decoding import answer_dialogues
-from amp_ray.models.loading import load_for_inference
+from amp_ray.generation.candidates import load_engine, stable_seed
 from amp_ray.models.registry import ActorModel, LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.engines import VllmSpec
@@ -73,21 +71,13 @@ class AnswerGenerator:
     def __init__(
         self, model: ActorModel, sampling: SamplingSpec, vllm: VllmSpec | None = None
     ) -> None:
-        self.engine: Any = None
-        if vllm is None:
-            self.model, self.processor = load_for_inference(model)
-        else:
-            from amp_ray.generation.vllm_engine import VllmEngine
-
-            self.engine = VllmEngine(model, vllm, seed=0)
+        self.engine = load_engine(model, vllm)
         self.model_name = model.name
         self.sampling = sampling
         self.storage = model.storage
 
     def answer(self, rows: list[dict], images: list[Any]) -> list[list[Any]]:
         dialogues = [[turn["question"] for turn in row["rounds"]] for row in rows]
-        if self.engine is None:
-            return answer_dialogues(self.model, self.processor, images, dialogues, self.sampling)
         seeds = [stable_seed(self.model_name, row["item_id"]) for row in rows]
         return self.engine.answer_dialogues(images, dialogues, self.sampling, seeds)
 

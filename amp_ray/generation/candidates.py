@@ -69,21 +69,29 @@ def stable_seed(*parts: Any) -> int:
     return zlib.crc32(json.dumps(parts, default=str).encode())
 
 
+def load_engine(model: ActorModel, vllm: VllmSpec | None = None, seed: int = 0) -> Any:
+    """The engine an actor answers with: HF `generate` (models/decoding.HfEngine), or given
+    `vllm` settings a vLLM engine (generation/vllm_engine.VllmEngine). Both have `processor`,
+    `max_model_len` and `answer_dialogues(images, dialogues, sampling, seeds)`."""
+    if vllm is not None:
+        from amp_ray.generation.vllm_engine import VllmEngine
+
+        return VllmEngine(model, vllm, seed)
+    from amp_ray.models.decoding import HfEngine
+    from amp_ray.models.loading import load_for_inference
+
+    return HfEngine(*load_for_inference(model))
+
+
 class CandidateGenerator(ABC):
     """Ray Data callable base: loads one model and its processor per actor, in HF or, given
-    `vllm` settings, on a vLLM engine (generation/vllm_engine.py); subclasses answer."""
+    `vllm` settings, on a vLLM engine (`load_engine`); subclasses answer."""
 
     def __init__(self, model: ActorModel, seed: int = 0, vllm: VllmSpec | None = None) -> None:
-        self.engine: Any = None
-        if vllm is None:
-            from amp_ray.models.loading import load_for_inference
-
-            self.model, self.processor = load_for_inference(model)
-        else:
-            from amp_ray.generation.vllm_engine import VllmEngine
-
-            self.engine = VllmEngine(model, vllm, seed)
-            self.model, self.processor = None, self.engine.processor
+        self.engine = load_engine(model, vllm, seed)
+        # the HF model itself (None on vLLM): BDHS hides image tokens through it
+        self.model = getattr(self.engine, "model", None)
+        self.processor = self.engine.processor
         self.model_name = model.name
         self.storage = model.storage
         self.seed = seed
@@ -97,9 +105,8 @@ class CandidateGenerator(ABC):
         """The reference dialogue plus the new tokens must fit the model's positions: an item
         that does not is set aside, never truncated (cutting image tokens breaks the model)."""
         from amp_ray.models.conversation import encode_conversation
-        from amp_ray.models.loading import max_positions
 
-        limit = self.engine.max_model_len if self.engine else max_positions(self.model)
+        limit = self.engine.max_model_len
         if limit is None:
             return
         questions, references = questions_and_references(row)

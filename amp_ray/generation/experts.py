@@ -18,7 +18,6 @@ from amp_ray.generation.candidates import (
     questions_and_references,
     stable_seed,
 )
-from amp_ray.models.decoding import answer_dialogues
 from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.engines import VllmSpec
@@ -48,18 +47,15 @@ class ModelCandidates(CandidateGenerator):
         # Each sample is its own dialogue: its later rounds follow its own earlier answers.
         images = [image for image in images for _ in range(samples)]
         dialogues = [questions for questions in dialogues for _ in range(samples)]
-        if self.engine is None:
-            answered = answer_dialogues(
-                self.model, self.processor, images, dialogues, self.sampling
-            )
-        else:  # a seed per sample and item: the same answers whatever shares the engine
-            seeds = [
-                stable_seed(self.seed, self.model_name, row["item_id"], s)
-                for row in rows
-                for s in range(samples)
-            ]
-            answered = self.engine.answer_dialogues(images, dialogues, self.sampling, seeds)
-        engine = {"engine": "vllm"} if self.engine else {}  # HF candidates stay as they were
+        # vLLM samples with a seed per sample and item: the same answers whatever shares it
+        seeds = [
+            stable_seed(self.seed, self.model_name, row["item_id"], s)
+            for row in rows
+            for s in range(samples)
+        ]
+        answered = self.engine.answer_dialogues(images, dialogues, self.sampling, seeds)
+        # HF candidates stay as they were; others say which engine made them
+        engine = {} if self.engine.name == "hf" else {"engine": self.engine.name}
         out = []
         for r in range(len(rows)):
             mine = answered[r * samples : (r + 1) * samples]

@@ -14,6 +14,7 @@ imported there with vLLM's own transformers; it imports vLLM only inside the act
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -26,7 +27,7 @@ from PIL import Image
 
 from amp_ray.errors import AmpRayError, SpecError
 from amp_ray.models.conversation import messages_for
-from amp_ray.models.decoding import Generated
+from amp_ray.models.decoding import Generated, by_rounds
 from amp_ray.models.registry import ActorModel
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.engines import ACTOR_ENV, VllmSpec
@@ -37,6 +38,8 @@ VLLM_MODEL_TYPES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2
 
 class VllmEngine:
     """One model on a vLLM engine: answers dialogues round by round (greedy or sampled)."""
+
+    name = "vllm"
 
     def __init__(self, model: ActorModel, vllm: VllmSpec, seed: int) -> None:
         for key, value in ACTOR_ENV.items():
@@ -70,19 +73,19 @@ class VllmEngine:
     ) -> list[list[Generated]]:
         """Every round of every dialogue, batched across dialogues round by round; dialogue i
         samples with seed seeds[i] (reproducible whatever else shares the engine)."""
-        answers: list[list[Generated]] = [[] for _ in dialogues]
-        for t in range(max(len(questions) for questions in dialogues)):
-            active = [i for i, questions in enumerate(dialogues) if t < len(questions)]
+
+        def answer_round(
+            active: list[int], t: int, answers: list[list[Generated]]
+        ) -> list[Generated]:
             prompts = [self.prompt(images[i], dialogues[i][: t + 1], answers[i]) for i in active]
             params = [sampling_params(sampling, seeds[i] + t) for i in active]
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-            for i, output in zip(active, outputs, strict=True):
-                done = output.outputs[0]
-                text = done.text.strip()
-                answers[i].append(
-                    Generated(text, done.finish_reason == "stop", len(done.token_ids))
-                )
-        return answers
+            done = [output.outputs[0] for output in outputs]
+            return [
+                Generated(d.text.strip(), d.finish_reason == "stop", len(d.token_ids)) for d in done
+            ]
+
+        return by_rounds(dialogues, answer_round)
 
     def prompt(
         self, image: Image.Image, questions: Sequence[str], answers: Sequence[Generated]
@@ -116,18 +119,15 @@ def check_vllm_environment(vllm: VllmSpec, block: str) -> str:
     import ray
 
     python = os.path.expanduser(vllm.python) if vllm.python else sys.executable
-    probe = "import vllm, ray, amp_ray; print(vllm.__version__, ray.__version__)"
     fix = f"make vllm-env, then set {block}.vllm.python: .venv-vllm/bin/python (docs/cluster.md)"
     try:
-        done = subprocess.run(
-            [python, "-c", probe], capture_output=True, text=True, timeout=300, env=_probe_env()
-        )
+        returncode, stdout, stderr = _probe(python)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SpecError(f"{block}.vllm.python {python!r} does not run ({exc})", hint=fix) from None
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    if returncode != 0:
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
         raise SpecError(f"{block}.vllm.python {python!r} cannot import vLLM: {last}", hint=fix)
-    vllm_version, ray_version = done.stdout.split()[-2:]
+    vllm_version, ray_version = stdout.split()[-2:]
     if ray_version != ray.__version__:
         raise SpecError(
             f"{block}.vllm.python has ray {ray_version}, the driver ray {ray.__version__}: "
@@ -137,8 +137,25 @@ def check_vllm_environment(vllm: VllmSpec, block: str) -> str:
     return vllm_version
 
 
-def _probe_env() -> dict[str, str]:
-    return {**os.environ, **ACTOR_ENV}
+@functools.cache
+def _probe(python: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of importing vLLM, Ray and amp-ray in `python`, once per
+    driver: several stages (generate, train's online rounds, evaluate) check the same one, and
+    importing vLLM takes seconds."""
+    probe = "import vllm, ray, amp_ray; print(vllm.__version__, ray.__version__)"
+    env = {**os.environ, **ACTOR_ENV}
+    done = subprocess.run(
+        [python, "-c", probe], capture_output=True, text=True, timeout=300, env=env
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def check_vllm_models(models: dict[str, str], storage: Any = None) -> None:
+    """`check_vllm_model` for every model (name -> URI) a vLLM pool is to load."""
+    from amp_ray.models.store import local_model_path
+
+    for name, uri in models.items():
+        check_vllm_model(name, local_model_path(uri, storage))
 
 
 def check_vllm_model(name: str, path: str) -> None:

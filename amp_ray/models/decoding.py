@@ -7,7 +7,7 @@ the model's own earlier answers (not the references) form the history of later r
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +110,21 @@ def generate(
     return results
 
 
+def by_rounds(
+    dialogues: Sequence[Sequence[str]],
+    answer_round: Callable[[list[int], int, list[list[Generated]]], list[Generated]],
+) -> list[list[Generated]]:
+    """The MRHal protocol for any engine: round t of every dialogue that has one is answered in
+    one batch, `answer_round(active, t, answers)` giving the answers of dialogues `active` with
+    their own earlier `answers` as history."""
+    answers: list[list[Generated]] = [[] for _ in dialogues]
+    for t in range(max(len(questions) for questions in dialogues)):
+        active = [i for i, questions in enumerate(dialogues) if t < len(questions)]
+        for i, result in zip(active, answer_round(active, t, answers), strict=True):
+            answers[i].append(result)
+    return answers
+
+
 def answer_dialogues(
     model: Any,
     processor: Any,
@@ -120,9 +135,8 @@ def answer_dialogues(
     """Answer every round of every dialogue, batched across dialogues round by round; the
     model's own answers form the history (one sample per question)."""
     single = sampling.model_copy(update={"num_samples": 1})
-    answers: list[list[Generated]] = [[] for _ in dialogues]
-    for t in range(max(len(questions) for questions in dialogues)):
-        active = [i for i, questions in enumerate(dialogues) if t < len(questions)]
+
+    def answer_round(active: list[int], t: int, answers: list[list[Generated]]) -> list[Generated]:
         encoded = [
             encode_conversation(
                 processor, images[i], dialogues[i][: t + 1], [a.text for a in answers[i]]
@@ -130,6 +144,33 @@ def answer_dialogues(
             for i in active
         ]
         batch = collate(encoded, processor.tokenizer.pad_token_id, padding_side="left")
-        for i, result in zip(active, generate(model, processor, batch, single), strict=True):
-            answers[i].append(result)
-    return answers
+        return generate(model, processor, batch, single)
+
+    return by_rounds(dialogues, answer_round)
+
+
+@dataclass
+class HfEngine:
+    """One model answering with HF `generate` in this process (models/loading.load_for_inference):
+    the engine of every family and setting; generation/vllm_engine.VllmEngine is the other."""
+
+    model: Any
+    processor: Any
+    name: str = "hf"
+
+    @property
+    def max_model_len(self) -> int | None:
+        from amp_ray.models.loading import max_positions
+
+        return max_positions(self.model)
+
+    def answer_dialogues(
+        self,
+        images: Sequence[Image.Image],
+        dialogues: Sequence[Sequence[str]],
+        sampling: SamplingSpec,
+        seeds: Sequence[int],
+    ) -> list[list[Generated]]:
+        """`answer_dialogues`; HF samples from torch's global generator, which the caller seeds
+        per batch, so `seeds` (vLLM's per-dialogue seeds) are not used."""
+        return answer_dialogues(self.model, self.processor, images, dialogues, sampling)

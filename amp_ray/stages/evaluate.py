@@ -126,11 +126,9 @@ class EvaluateStage(Stage):
 
         evaluation = self.spec.evaluation
         if evaluation.engine == "vllm":  # before any answer: every model vLLM is to load
-            from amp_ray.generation.vllm_engine import check_vllm_model
-            from amp_ray.models.store import local_model_path
+            from amp_ray.generation.vllm_engine import check_vllm_models
 
-            for name, uri in self.models().items():
-                check_vllm_model(name, local_model_path(uri, self.spec.storage))
+            check_vllm_models(self.models(), self.spec.storage)
         quarantine = self.run_dir.writer(self.name, "quarantine", "quarantine")
         answers = self.run_dir.writer(self.name, "answers", "answers")
         items, rows_in = self._items(quarantine)

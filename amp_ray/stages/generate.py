@@ -133,13 +133,10 @@ class GenerateStage(Stage):
     def check_vllm_models(self, pools: list[tuple[type, dict[str, Any]]]) -> None:
         """Every model a vLLM pool loads is checked before any generation starts (the vLLM
         environment was, in preflight)."""
-        from amp_ray.generation.vllm_engine import check_vllm_model
-        from amp_ray.models.store import local_model_path
+        from amp_ray.generation.vllm_engine import check_vllm_models
 
-        for _, kwargs in pools:
-            if kwargs.get("vllm") is not None:
-                model = kwargs["model"]
-                check_vllm_model(model.name, local_model_path(model.uri, model.storage))
+        vllm = [kwargs["model"] for _, kwargs in pools if kwargs.get("vllm") is not None]
+        check_vllm_models({model.name: model.uri for model in vllm}, self.spec.storage)
 
     def summary(self) -> list[str]:
         table = self.run_dir.dataset(self.name, "candidates").read_table(["candidates", "rounds"])
