@@ -6,10 +6,15 @@ INSTALLED := $(VENV)/.amp-ray-installed
 VLLM_VENV ?= .venv-vllm
 VLLM_INSTALLED := $(VLLM_VENV)/.amp-ray-vllm-installed
 
-.PHONY: demo test test-slow lint format install vllm-env clean
+.PHONY: demo ablation test test-slow lint format install vllm-env clean
 
 demo: $(INSTALLED)  ## run the main job on the embedded synthetic world
 	$(BIN)/amp-ray run jobs/demo.yaml $(ARGS)
+
+ablation: $(INSTALLED)  ## the dialogue-recipe ablation on worlds 0 and 1 (jobs/ablation_dialogue.yaml)
+	$(BIN)/amp-ray run jobs/ablation_dialogue.yaml $(ARGS)
+	$(BIN)/amp-ray run jobs/ablation_dialogue.yaml data.world.seed=1 \
+	  storage.run_dir=runs/ablation-world1 $(ARGS)
 
 test: lint  ## lint, then the fast CPU test suite
 	$(BIN)/pytest $(ARGS)

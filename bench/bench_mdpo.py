@@ -233,9 +233,8 @@ def mdpo_step(
     def step(batch: tuple[int, list[list[Encoded]]]) -> None:
         index, items = batch
         inputs = collate_levels(items, pad, scorer.mode)
-        loss = mdpo_loss(
-            scorer(inputs), reference((index, inputs)), beta=0.1, penalty_weight=1.0
-        ).loss
+        policy = scorer(inputs).sum(-1)  # a caption is one round
+        loss = mdpo_loss(policy, reference((index, inputs)), beta=0.1, penalty_weight=1.0).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -253,7 +252,7 @@ def run_shared(model: Any, processor: Any, batches: list[Any], args: Any) -> dic
         # pools, allocator) that the reference stage pays once per run, not once per item
         scorer(collate_levels(batches[0], pad, "shared"))
         started = time.perf_counter()
-        precomputed = [scorer(collate_levels(items, pad, "shared")) for items in batches]
+        precomputed = [scorer(collate_levels(items, pad, "shared")).sum(-1) for items in batches]
         reference_seconds = time.perf_counter() - started
     step = mdpo_step(model, scorer, pad, lambda batch: precomputed[batch[0]])
     result = timed_steps(step, list(enumerate(batches)), args.warmup, args.steps)
@@ -268,7 +267,7 @@ def run_full(model: Any, processor: Any, batches: list[Any], args: Any) -> dict[
 
     def reference(batch: tuple[int, dict[str, torch.Tensor]]) -> torch.Tensor:
         with torch.no_grad():
-            return reference_scorer(batch[1])
+            return reference_scorer(batch[1]).sum(-1)
 
     step = mdpo_step(model, LevelScorer(model, "full"), pad, reference)
     return timed_steps(step, list(enumerate(batches)), args.warmup, args.steps)

@@ -53,9 +53,10 @@ def time_steps(policy_path: str, batches: list, levels: list[int], objective: Ob
     for items in batches:
         started = time.perf_counter()
         batch = collate_for(items, levels, pad, "shared", torch.device("cpu"))
-        reference = batch.pop("ref_logps")
+        reference, answers = batch.pop("ref_logps"), batch.pop("answer_ids")
         policy = scorer(batch)
-        out = objective(policy, reference.to(policy.dtype), batch["response_lengths"], generator)
+        lengths = batch["response_lengths"]
+        out = objective(policy, reference.to(policy.dtype), lengths, answers, generator)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pyarrow as pa
 
+from amp_ray.data.encode import EncodeSettings
 from amp_ray.data.level_encoding import LevelEncoder
 from amp_ray.models.registry import ActorModel
 from amp_ray.models.tiny import create_tiny_model
@@ -108,7 +109,7 @@ def synthetic_rows(batch: dict[str, Any], pool: list[dict[str, Any]]) -> pa.Tabl
                 "image_uri": None,
                 "rounds": item["rounds"],
                 "levels": levels,
-                "ref_logps": [-10.0 - 2 * k for k in range(LEVELS)],
+                "ref_logps": [[-10.0 - 2 * k] for k in range(LEVELS)],
             }
         )
     return pa.Table.from_pylist(rows)
@@ -122,9 +123,7 @@ def encode(size: int, pool: list[dict[str, Any]], model_dir: str, root: Path) ->
     )
     encoder = ActorPoolSpec(num_actors=2, num_cpus=0.5, batch_size=64)
     kwargs = {
-        "processor_path": model_dir,
-        "max_length": 4096,
-        "round_weight_step": 0.0,
+        "settings": EncodeSettings(processor_path=model_dir, max_length=4096),
         "num_levels": LEVELS,
         "levels": list(range(LEVELS)),
         "need_reference": True,

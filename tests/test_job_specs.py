@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from amp_ray.cli import main
+from amp_ray.spec.load import load_spec
 from amp_ray.storage.run import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +162,34 @@ def test_the_world_sweeps_run_the_demo_s_settings(name: str, own: list[str]) -> 
     sweep = yaml.safe_load((REPO / "jobs" / name).read_text(encoding="utf-8"))
     assert _without(sweep, own) == _without(demo, own)
     assert "train" not in sweep["stages"] and "sweep" in sweep["stages"]
+
+
+def test_the_dialogue_ablation_runs_the_demo_s_settings_and_its_options() -> None:
+    """jobs/ablation_dialogue.yaml is jobs/demo.yaml with a validation split, its own run
+    directory, more arms and their models evaluated; the demo's recipe and arms are among them."""
+    demo = yaml.safe_load((REPO / "jobs" / "demo.yaml").read_text(encoding="utf-8"))
+    ablation = yaml.safe_load((REPO / "jobs" / "ablation_dialogue.yaml").read_text("utf-8"))
+    own = [
+        "name",
+        "storage.run_dir",
+        "data.world.splits.validation",
+        "training.compare.arms",
+        "evaluation.models",
+    ]
+    assert _without(ablation, own) == _without(demo, own)
+    assert ablation["data"]["world"]["splits"]["validation"] > 0
+    arms = ablation["training"]["compare"]["arms"]
+    assert demo["training"]["compare"]["arms"].items() <= arms.items()
+    spec = load_spec(REPO / "jobs" / "ablation_dialogue.yaml")
+    trained = {spec.training.name, *arms}
+    options = {
+        (r.dialogue_pairs, r.round_weight_step, r.sft_weight)
+        for r in map(spec.training.arm, trained)
+        if r.loss == "mdpo"
+    }
+    assert len(options) == len(trained) - 2  # every MDPO arm a different option
+    named = {m.split("-seed")[0] for m in spec.evaluation.models} - {spec.training.policy}
+    assert named == trained
 
 
 def test_the_paper_spec_on_vllm_in_docs_validates_on_the_aws_node_types(

@@ -30,7 +30,7 @@ def item_levels(processor, item: dict, num_levels: int) -> list[Encoded]:
     levels = []
     for k in range(num_levels):
         varied = [" ".join(answer.split()[k:]) or "no ." for answer in answers]
-        levels.append(encode_conversation(processor, image, questions, varied, 0.05))
+        levels.append(encode_conversation(processor, image, questions, varied))
     return levels
 
 
@@ -53,7 +53,10 @@ def test_shared_prefix_equals_full_sequences(tiny64, world_items, num_levels: in
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[mode] = (logps.detach(), grads)
     shared, full = results["shared"], results["full"]
-    assert shared[0].shape == (2, num_levels)
+    # per round: the caption's one, the dialogue's each (the caption's later rounds are 0)
+    dialogue = next(i for i in world_items if i["task"] == "dialogue" and len(i["rounds"]) >= 3)
+    assert shared[0].shape == (2, num_levels, len(dialogue["rounds"]))
+    assert not shared[0][0, :, 1:].any() and (shared[0][1] < 0).all()
     torch.testing.assert_close(shared[0], full[0], rtol=1e-10, atol=1e-10)
     assert shared[1].keys() == full[1].keys()
     # the gradient reaches the vision tower through the repeated cache

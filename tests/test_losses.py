@@ -15,6 +15,7 @@ from amp_ray.losses.preference import (
     level_pairs,
     mdpo_loss,
     mixed_dpo_loss,
+    pair_logits,
     pairwise_loss,
 )
 from amp_ray.spec.alignment import TrainingSpec
@@ -146,16 +147,84 @@ def test_every_loss_in_the_table_is_computed_on_the_levels_it_takes(name: str) -
     loss on the levels the table says it takes (K=4 where it takes any)."""
     kind = LOSSES[name]
     levels = kind.levels or 4
-    policy = torch.randn(5, levels, requires_grad=True)
+    policy = torch.randn(5, levels, 2, requires_grad=True)  # two rounds
     objective = Objective(name, 0.1, 0.5, False, True, 0.5)
-    out = objective(policy, torch.randn(5, levels), torch.full((5, levels), 3.0), torch.Generator())
+    lengths, answers = torch.full((5, levels), 3.0), torch.arange(levels).repeat(5, 2, 1).mT
+    out = objective(policy, torch.randn(5, levels, 2), lengths, answers, torch.Generator())
     assert torch.isfinite(out.loss)
     out.loss.backward()
     # a best-only loss moves y_0's log-prob alone; the others move every level
-    moved = (policy.grad.abs() > 0).any(dim=0).tolist()
+    moved = (policy.grad.abs() > 0).any(dim=2).any(dim=0).tolist()
     assert moved == ([True] + [False] * (levels - 1) if kind.best_only else [True] * levels)
 
 
 def test_a_loss_that_takes_two_levels_is_refused_on_four() -> None:
     with pytest.raises(ValidationError, match="loss dpo takes 2 levels per item, training on 4"):
         TrainingSpec(loss="dpo", num_levels=4)
+
+
+# -- dialogues: rounds in the pair logits ---------------------------------------------------------
+
+
+def test_pair_logits_by_hand() -> None:
+    """K=2, T=2, w=1, r_0 = (0, 1), r_1 = (0, −1): terms per round (0, 2)."""
+    rewards = torch.tensor([[[0.0, 1.0], [0.0, -1.0]]])
+    ones = torch.ones(2)
+    second_alike = torch.tensor([[[0, 0], [1, 0]]])  # level 1 answers round 1 as level 0 does
+    none_alike = torch.tensor([[[0, 0], [1, 1]]])
+    got = {
+        mode: (
+            pair_logits(rewards, second_alike, ones, mode).item(),
+            pair_logits(rewards, none_alike, ones, mode).item(),
+        )
+        for mode in ("whole", "differing_rounds", "first_difference")
+    }
+    assert got == {
+        "whole": (2.0, 2.0),
+        "differing_rounds": (0.0, 2.0),
+        "first_difference": (0.0, 0.0),
+    }
+    # round weights (1, 1.5) scale round 1's term: whole 3
+    assert pair_logits(rewards, none_alike, torch.tensor([1.0, 1.5]), "whole").item() == 3.0
+
+
+def test_pair_logits_of_k3_compare_each_pair_on_its_own_rounds() -> None:
+    """K=3, T=3. Level 1 repeats level 0's round 0 then differs; level 2 differs from round 0.
+    Pair (0,1): first difference round 1; (0,2): round 0; (1,2): round 0."""
+    rewards = torch.tensor([[[1.0, 2.0, 3.0], [1.0, 0.5, 0.0], [-1.0, -2.0, 3.0]]])
+    answers = torch.tensor([[[0, 0, 0], [0, 1, 0], [2, 2, 0]]])  # round 2: all alike
+    w = torch.ones(3)
+    first = pair_logits(rewards, answers, w, "first_difference")[0].tolist()
+    differing = pair_logits(rewards, answers, w, "differing_rounds")[0].tolist()
+    whole = pair_logits(rewards, answers, w, "whole")[0].tolist()
+    assert first == [1.5, 2.0, 2.0]  # (2 − 0.5), (1 − (−1)), (1 − (−1))
+    assert differing == [1.5, 6.0, 4.5]  # round 2 left out of every pair
+    assert whole == [4.5, 6.0, 1.5]  # (1,2) keeps round 2: 0 − 3
+
+
+def test_a_caption_is_the_same_pair_in_every_mode() -> None:
+    rewards = torch.randn(4, 3, 1)
+    answers = torch.tensor([0, 1, 2]).repeat(4, 1).unsqueeze(-1)
+    whole = pair_logits(rewards, answers, torch.ones(1), "whole")
+    for mode in ("differing_rounds", "first_difference"):
+        assert torch.equal(pair_logits(rewards, answers, torch.ones(1), mode), whole)
+
+
+def test_objective_weights_rounds_and_adds_the_sft_term() -> None:
+    """DPO, β=1, one item of 2 rounds, reference 0: policy r_0 = (−1, −2), r_1 = (−3, −4),
+    level 0 has 5 tokens. Round weights (1, 1.5): h = (−1+3) + 1.5·(−2+4) = 5;
+    sft_weight 0.5 adds 0.5 · (1 + 2) / 5."""
+    policy = torch.tensor([[[-1.0, -2.0], [-3.0, -4.0]]])
+    answers = torch.tensor([[[0, 0], [1, 1]]])
+    lengths = torch.tensor([[5.0, 5.0]])
+    plain = Objective("dpo", 1.0, 0.0, False, False, 0.5, round_weight_step=0.5)
+    out = plain(policy, torch.zeros_like(policy), lengths, answers, torch.Generator())
+    assert out.loss.item() == pytest.approx(-log_sigmoid(5.0), abs=1e-6)
+    rpo = Objective("dpo", 1.0, 0.0, False, False, 0.5, round_weight_step=0.5, sft_weight=0.5)
+    out = rpo(policy, torch.zeros_like(policy), lengths, answers, torch.Generator())
+    assert out.loss.item() == pytest.approx(-log_sigmoid(5.0) + 0.5 * 3 / 5, abs=1e-6)
+    assert out.metrics["nll"].item() == pytest.approx(3 / 5)
+    # the margins reported are the pair logits the loss used
+    first = Objective("dpo", 1.0, 0.0, False, False, 0.5, dialogue_pairs="first_difference")
+    out = first(policy, torch.zeros_like(policy), lengths, answers, torch.Generator())
+    assert out.metrics["margin/0-1"].item() == pytest.approx(2.0)

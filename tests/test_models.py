@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from amp_ray.errors import DataError
-from amp_ray.models.conversation import collate, encode_conversation
+from amp_ray.models.conversation import Encoded, collate, encode_conversation
 from amp_ray.models.decoding import answer_dialogues, generate
 from amp_ray.models.families import forward_inputs, positions_from_mask
 from amp_ray.models.hiding import hide_image_tokens
 from amp_ray.models.loading import image_token_id, load_model, load_processor
-from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.models.logprobs import response_rounds, round_logprobs, sequence_logprobs
 from amp_ray.models.registry import LoadOptions
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import LoraSpec
@@ -86,18 +86,17 @@ def test_response_weights_cover_exactly_the_answers_and_their_end_tokens(
     _, processor = tiny
     item = dialogue(world_items)
     questions, answers = rounds_of(item)
-    encoded = encode_conversation(
-        processor, image_of(item), questions, answers, round_weight_step=0.05
-    )
+    encoded = encode_conversation(processor, image_of(item), questions, answers)
     tokens = processor.tokenizer.convert_ids_to_tokens(encoded.input_ids)
-    marked: dict[float, list[str]] = {}
-    for token, weight in zip(tokens, encoded.response_weights, strict=True):
+    weights = torch.tensor([encoded.response_weights])
+    rounds = response_rounds(weights)[0].tolist()
+    marked: dict[int, list[str]] = {}
+    for token, weight, t in zip(tokens, encoded.response_weights, rounds, strict=True):
+        assert (weight == 1.0) == (t >= 0) and weight in (0.0, 1.0)
         if weight:
-            marked.setdefault(round(weight, 6), []).append(token)
-    expected = {
-        round(1 + 0.05 * t, 6): [*answer.split(), "<eos>"] for t, answer in enumerate(answers)
-    }
-    assert marked == expected
+            marked.setdefault(t, []).append(token)
+    # each answer is one run of marked tokens, its own round
+    assert marked == {t: [*answer.split(), "<eos>"] for t, answer in enumerate(answers)}
 
 
 def test_a_generation_prompt_ends_where_the_answer_would_start(
@@ -135,7 +134,6 @@ def test_sequence_logprobs_equal_a_direct_computation(tiny: tuple, world_items: 
             image_of(item),
             [turn["question"] for turn in item["rounds"]],
             [turn["answer"] for turn in item["rounds"]],
-            round_weight_step=0.05,
         )
         for item in picks
     ]
@@ -143,8 +141,19 @@ def test_sequence_logprobs_equal_a_direct_computation(tiny: tuple, world_items: 
     batch = collate(encoded, processor.tokenizer.pad_token_id, "right")
     with torch.no_grad():
         batched = sequence_logprobs(model, batch)
+        per_round = round_logprobs(model, batch)
     expected = torch.tensor([direct_logprob(model, e) for e in encoded], dtype=batched.dtype)
     torch.testing.assert_close(batched, expected, rtol=1e-5, atol=1e-4)
+    # per round: the dialogue's rounds one by one, zeros past a caption's single round
+    rounds = [len(item["rounds"]) for item in picks]
+    assert per_round.shape == (3, max(rounds)) and rounds[1] > 1
+    for row, (e, count) in enumerate(zip(encoded, rounds, strict=True)):
+        assert not per_round[row, count:].any()
+        token_rounds = response_rounds(torch.tensor([e.response_weights]))[0].tolist()
+        for t in range(count):
+            only_t = [float(r == t) for r in token_rounds]
+            want = direct_logprob(model, Encoded(e.input_ids, only_t, e.vision))
+            assert per_round[row, t].item() == pytest.approx(want, rel=1e-5, abs=1e-4)
 
 
 def test_positions_ignore_padding() -> None:

@@ -294,7 +294,8 @@ def test_the_reference_scorer_keeps_a_reason_set_upstream(
     answers = [turn["answer"] for turn in caption["rounds"]]
     good = {**caption, "levels": [{"answers": answers}, {"answers": ["a square."]}]}
     dropped = {**caption, "item_id": "dropped", "levels": [], QUARANTINE_REASON: "no pair"}
-    scorer = ReferenceScorer(ActorModel("policy", tiny_dir), 0.0, 512, 8)
+    scorer = ReferenceScorer(ActorModel("policy", tiny_dir), 512, 8)
     rows = scorer(pa.Table.from_pylist([{**good, QUARANTINE_REASON: None}, dropped])).to_pylist()
     assert rows[0][QUARANTINE_REASON] is None and len(rows[0]["ref_logps"]) == 2
+    assert [len(level) for level in rows[0]["ref_logps"]] == [1, 1]  # a caption: one round
     assert rows[1][QUARANTINE_REASON] == "no pair" and rows[1]["ref_logps"] == []

@@ -110,7 +110,9 @@ def test_all_three_generators_make_a_k4_dataset_with_reference_logprobs(
     assert {row["item_id"] for row in scored} == {row["item_id"] for row in preferences}
     for row in scored:
         assert row["ref_model"] == "expert_s" and len(row["ref_logps"]) == 4
-        assert all(value < 0 for value in row["ref_logps"])
+        # one log-prob per round of every level
+        assert all(len(level) == len(row["rounds"]) for level in row["ref_logps"])
+        assert all(value < 0 for level in row["ref_logps"] for value in level)
     assert any(line.startswith("    items with 4 distinct levels") for line in lines)
 
 

@@ -194,12 +194,14 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
 
     caption = next(item for item in world_items if item["task"] == "caption")
     rows = [
-        preference_row(caption, 4, [-1.0, -2.0, -3.0, -4.0]),
-        preference_row(caption, 1, [-1.0]),
-        preference_row(caption, 4, [-1.0, -2.0, -3.0, float("nan")]),
+        preference_row(caption, 4, [[-1.0], [-2.0], [-3.0], [-4.0]]),
+        preference_row(caption, 1, [[-1.0]]),
+        preference_row(caption, 4, [[-1.0], [-2.0], [-3.0], [float("nan")]]),
         preference_row(caption, 4, None),
-        preference_row(caption, 3, [-1.0, -2.0, -3.0]),
-        preference_row(caption, 4, [-1.0, -2.0]),
+        preference_row(caption, 3, [[-1.0], [-2.0], [-3.0]]),
+        preference_row(caption, 4, [[-1.0], [-2.0]]),
+        # a value count that is not the item's round count
+        preference_row(caption, 4, [[-1.0], [-2.0], [-3.0], [-4.0, -1.0]]),
     ]
     for n, row in enumerate(rows):
         row["item_id"] = f"row{n}"
@@ -212,15 +214,31 @@ def test_the_level_encoder_sets_aside_what_training_must_not_see(
     assert reasons[3].startswith("no ref_logps: run the reference stage")
     assert reasons[4] == "3 levels where training.num_levels is 4"
     assert reasons[5] == "2 ref_logps for 4 levels"
+    assert reasons[6] == "ref_logps need one value per round (1) of every level"
     assert all(row[ROW_JSON] for row in out[1:])
     assert "vision" not in out[0] and out[0]["image"] == caption["image"]
     stored = pa.Table.from_pylist([out[0]]).drop_columns([QUARANTINE_REASON, ROW_JSON])
     [good] = level_items(image_inputs_of(stored, tiny_dir))
-    assert good.ref_logps == [-1.0, -4.0] and len(good.levels) == 2
+    assert good.ref_logps == [[-1.0], [-4.0]] and len(good.levels) == 2
+    assert good.answer_ids == [[0], [1]]
     assert good.levels[0].vision["pixel_values"].shape[0] == 1
     too_long = LevelEncoder(EncodeSettings(tiny_dir, 20), 4, [0, 1, 2, 3], True)
     [row] = too_long(pa.Table.from_pylist(rows[:1])).to_pylist()
     assert "exceed training.max_length 20" in row[QUARANTINE_REASON]
+
+
+def test_answer_ids_mark_the_rounds_two_levels_answer_alike() -> None:
+    from amp_ray.data.level_encoding import answer_ids
+
+    row = {
+        "levels": [
+            {"answers": ["a circle.", "yes.", "two."]},
+            {"answers": ["a circle.", "no.", "two."]},  # alike in rounds 0 and 2
+            {"answers": ["a square.", "no.", "one."]},  # round 1 as level 1's
+        ]
+    }
+    assert answer_ids(row, [0, 1, 2]) == [[0, 0, 0], [0, 1, 0], [2, 1, 2]]
+    assert answer_ids(row, [0, 2]) == [[0, 0, 0], [1, 1, 1]]
 
 
 def test_a_spec_whose_k_differs_from_the_data_fails_before_training(

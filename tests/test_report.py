@@ -379,3 +379,37 @@ def test_runs_and_report_on_s3(s3_endpoint: str, s3_bucket: str) -> None:
     assert "| demo | mdpo-s0 | 4.250 | 0.125 | 2 |" in text
     for image in paths.images.values():
         assert open_location(image, storage).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_validation_split_chooses_a_recipe_and_stays_out_of_the_headline(
+    tmp_path: Path,
+) -> None:
+    """MRHal on eval_iid and on the validation split: the headline's MRHal_hal reads eval_iid
+    alone; the recipe with the lowest validation MRHal_hal (mdpo here, though control is lower
+    on eval_iid) is the one chosen, in the terminal and the report."""
+    run = seeds_run(tmp_path / "seeds")
+    rates = {"mdpo": ((0.30, 0.10), (0.32, 0.12), (0.31, 0.11)), "control": ((0.2, 0.3),) * 3}
+    rows = []
+    for arm, per_seed in rates.items():
+        for seed, (iid, validation) in enumerate(per_seed):
+            model = f"{arm}-seed{seed}"
+            rate = "hallucination_rate_cumulative"
+            rows += [
+                metric(model, "mrhal", "eval_iid", rate, iid, 8),
+                metric(model, "mrhal", "validation", rate, validation, 8),
+            ]
+    write(run, "evaluate", "metrics", "metrics", [*run_rows(run), *rows])
+    lines = headline_lines([str(run.uri)])
+    table = {line.split()[0]: line.split()[1:] for line in lines[: lines.index("")]}
+    column = table["recipe"].index("MRHal_hal")
+    assert table["mdpo"][column] == "0.310±0.010" and table["control"][column] == "0.200±0.000"
+    assert lines[-1] == "chosen on validation (lowest mean MRHal_hal): mdpo"
+    text = Path(write_report([str(run.uri)], str(tmp_path / "out")).markdown).read_text()
+    assert "Chosen: mdpo, the lowest mean MRHal_hal on the world's validation split" in text
+    header, rows = md_table(text, "## Chosen on validation")
+    assert header == ["recipe", "seeds", "MRHal_hal"]
+    assert rows[1:] == [["mdpo", "3", "0.110±0.010"], ["control", "3", "0.300±0.000"]]
+
+
+def run_rows(run: RunDir) -> list[dict]:
+    return run.dataset("evaluate", "metrics").read_table().to_pylist()

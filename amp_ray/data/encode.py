@@ -43,7 +43,6 @@ def load_image(row: dict[str, Any], storage: Any = None) -> Image.Image:
 def encode_levels(
     processor: Any,
     row: dict[str, Any],
-    round_weight_step: float,
     max_length: int,
     storage: Any = None,
     levels: list[int] | None = None,
@@ -57,7 +56,7 @@ def encode_levels(
         answers = row["levels"][k]["answers"]
         if len(answers) != len(questions):
             raise DataError(f"level {k} has {len(answers)} answers for {len(questions)} rounds")
-        sequence = encode_conversation(processor, image, questions, answers, round_weight_step)
+        sequence = encode_conversation(processor, image, questions, answers)
         if len(sequence) > max_length:
             raise DataError(
                 f"level {k}: {len(sequence)} tokens exceed training.max_length {max_length} "
@@ -79,13 +78,11 @@ def stored_image(row: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class EncodeSettings:
     """What an encoder (ItemEncoder, data/level_encoding.LevelEncoder) is built from, once on the
-    driver: the model whose processor encodes, the longest sequence a row may have, AMP's round
-    weights (dialogue round t's tokens weigh 1 + step·t), and how to read (`storage`: not part of
-    what an encoding is, stages/base.Encoding)."""
+    driver: the model whose processor encodes, the longest sequence a row may have, and how to
+    read (`storage`: not part of what an encoding is, stages/base.Encoding)."""
 
     processor_path: str  # a model URI: a run's model store, a path or a hub id
     max_length: int
-    round_weight_step: float = 0.0
     trust_remote_code: bool = False
     storage: Any = None
 
@@ -106,7 +103,6 @@ class ItemEncoder:
     def __init__(self, settings: EncodeSettings) -> None:
         self.processor = settings.load_processor()
         self.max_length = settings.max_length
-        self.round_weight_step = settings.round_weight_step
         self.storage = settings.storage
 
     def encode(self, row: dict[str, Any]) -> Encoded:
@@ -114,9 +110,7 @@ class ItemEncoder:
         rounds = row["rounds"] or []
         questions = [turn["question"] for turn in rounds]
         answers = [turn["answer"] for turn in rounds]
-        encoded = encode_conversation(
-            self.processor, image, questions, answers, self.round_weight_step
-        )
+        encoded = encode_conversation(self.processor, image, questions, answers)
         if len(encoded) > self.max_length:
             raise DataError(
                 f"{len(encoded)} tokens exceed the model's limit of {self.max_length} "

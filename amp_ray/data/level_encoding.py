@@ -26,24 +26,45 @@ ENCODED = with_reason(ENCODED_LEVELS)
 
 @dataclass
 class LevelItem:
-    """One item for the training loop: its K encoded levels and their reference log-probs."""
+    """One item for the training loop: its K encoded levels, their reference log-probs per
+    round, and which levels answer each round alike (`answer_ids`)."""
 
     item_id: str
     levels: list[Encoded]
-    ref_logps: list[float]
+    ref_logps: list[list[float]]
+    answer_ids: list[list[int]]
 
 
-def check_reference(row: dict[str, Any], selected: list[int]) -> list[float]:
-    """The reference log-probs of the selected levels; DataError if any is missing or not finite."""
+def check_reference(row: dict[str, Any], selected: list[int]) -> list[list[float]]:
+    """The per-round reference log-probs of the selected levels; DataError if any is missing,
+    not finite, or not one per round (scores of a reference stage older than per-round scoring
+    are one number per level: run the reference stage again)."""
     values = row.get("ref_logps")
     if values is None:
         raise DataError("no ref_logps: run the reference stage, or set training.reference: in_loop")
     if len(values) != len(row["levels"]):
         raise DataError(f"{len(values)} ref_logps for {len(row['levels'])} levels")
     chosen = [values[k] for k in selected]
-    if any(value is None or not math.isfinite(value) for value in chosen):
+    rounds = len(row["rounds"])
+    if any(not isinstance(level, list) or len(level) != rounds for level in chosen):
+        raise DataError(f"ref_logps need one value per round ({rounds}) of every level")
+    if any(value is None or not math.isfinite(value) for level in chosen for value in level):
         raise DataError("a reference log-prob is missing or not finite")
     return chosen
+
+
+def answer_ids(row: dict[str, Any], selected: list[int]) -> list[list[int]]:
+    """Per selected level and round, the position (among `selected`) of the first level whose
+    answer in that round is the same text: two levels answer round t alike where their ids
+    are equal (the loss's dialogue_pairs options read it)."""
+    answers = [row["levels"][k]["answers"] for k in selected]
+    return [
+        [
+            next(j for j, other in enumerate(answers) if other[t] == level[t])
+            for t in range(len(level))
+        ]
+        for level in answers
+    ]
 
 
 class LevelEncoder:
@@ -56,22 +77,19 @@ class LevelEncoder:
     ) -> None:
         self.processor = settings.load_processor()
         self.max_length = settings.max_length
-        self.round_weight_step = settings.round_weight_step
         self.num_levels = num_levels
         self.levels = levels
         self.need_reference = need_reference
         self.storage = settings.storage
 
-    def encode(self, row: dict[str, Any]) -> tuple[list[Encoded], list[float]]:
+    def encode(self, row: dict[str, Any]) -> tuple[list[Encoded], list[list[float]]]:
         count = len(row.get("levels") or [])
         if count < 2:
             raise DataError(f"only {count} level(s); preference training needs at least 2")
         if count != self.num_levels:
             raise DataError(f"{count} levels where training.num_levels is {self.num_levels}")
         reference = check_reference(row, self.levels) if self.need_reference else []
-        encoded = encode_levels(
-            self.processor, row, self.round_weight_step, self.max_length, self.storage, self.levels
-        )
+        encoded = encode_levels(self.processor, row, self.max_length, self.storage, self.levels)
         return encoded, reference
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -87,6 +105,7 @@ class LevelEncoder:
                     "input_ids": [level.input_ids for level in levels],
                     "response_weights": [level.response_weights for level in levels],
                     "ref_logps": reference,
+                    "answer_ids": answer_ids(row, self.levels) if reason is None else [],
                     "length": max((len(level) for level in levels), default=0),
                     **stored_image(row),
                     QUARANTINE_REASON: reason,
@@ -100,12 +119,12 @@ def level_items(batch: pa.Table) -> list[LevelItem]:
     """The training pipeline's rows (encoded levels with `vision`) as `LevelItem`s, for
     `models.level_scoring.collate_levels`."""
     items = []
-    columns = ["item_id", "input_ids", "response_weights", "ref_logps", "vision"]
+    columns = ["item_id", "input_ids", "response_weights", "ref_logps", "answer_ids", "vision"]
     for row in batch.select(columns).to_pylist():
         vision = unpack_vision(row["vision"])
         levels = [
             Encoded(ids, weights, vision)
             for ids, weights in zip(row["input_ids"], row["response_weights"], strict=True)
         ]
-        items.append(LevelItem(row["item_id"], levels, row["ref_logps"]))
+        items.append(LevelItem(row["item_id"], levels, row["ref_logps"], row["answer_ids"]))
     return items

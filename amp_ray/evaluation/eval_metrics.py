@@ -16,9 +16,9 @@ import pyarrow as pa
 
 from amp_ray.evaluation.scores import MeanRateRule, by_question_type, mmhal_metrics, mrhal_metrics
 from amp_ray.evaluation.world_eval import group_metrics, metric_rows
-from amp_ray.world.generate import SPLIT_MODES
+from amp_ray.world.generate import BENCHMARK_SPLITS
 
-WORLD_EVAL_SPLITS = frozenset(name for name in SPLIT_MODES if name.startswith("eval"))
+WORLD_EVAL_SPLITS = frozenset(BENCHMARK_SPLITS)
 TASK_BENCHMARK = {"caption": "chair", "existence": "pope", "dialogue": "mrhal", "mmhal": "mmhal"}
 
 

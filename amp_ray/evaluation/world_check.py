@@ -15,7 +15,7 @@ from amp_ray.runtime import light_map
 from amp_ray.spec.alignment import SamplingSpec
 from amp_ray.spec.blocks import WorldCheckSpec
 from amp_ray.storage.quarantine import route_quarantine
-from amp_ray.world.generate import SPLIT_MODES
+from amp_ray.world.generate import EVAL_SPLITS
 
 EVAL_TASKS = ("caption", "existence", "dialogue")
 
@@ -78,8 +78,7 @@ def _shares(stage: Any, settings: WorldCheckSpec) -> dict[tuple[str, str], float
     }
     return {
         (name, task): min(1.0, count / max(1, getattr(splits, name)))
-        for name in SPLIT_MODES
-        if name.startswith("eval")
+        for name in EVAL_SPLITS
         for task, count in wanted.items()
     }
 

@@ -1,8 +1,10 @@
 """Reference log-probs, scored once on Ray Data so that training never holds the reference model.
 
-For every preference item and each of its K levels, log π_ref(y_k | x) is the summed (optionally
-round-weighted) response log-prob from `models/logprobs.py`, the same function training uses, over
-the same encoding (`models/conversation.py`). The K sequences of an item are scored together.
+For every preference item and each of its K levels, log π_ref of each round's answer (a caption
+is one round), summed over the round's tokens by `models/logprobs.py` as training sums the
+policy's, over the same encoding (`models/conversation.py`). Kept per round so that every recipe
+(which rounds a pair compares, how each weighs: training/objective.py) reads the one stored
+score. The K sequences of an item are scored together.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from amp_ray.data.encode import encode_levels
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import collate
-from amp_ray.models.logprobs import sequence_logprobs
+from amp_ray.models.logprobs import round_logprobs
 from amp_ray.models.registry import ActorModel
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 from amp_ray.storage.schemas import REFERENCE_LOGPROBS
@@ -30,25 +32,21 @@ def scorer_kwargs(spec: Any, run_dir: Any, name: str) -> dict[str, Any]:
 
     return {
         "model": actor_model(spec, run_dir, name, spec.reference.actors.num_cpus),
-        "round_weight_step": spec.training.round_weight_step,
         "max_length": spec.training.max_length,
         "micro_batch_size": spec.reference.micro_batch_size,
     }
 
 
 class ReferenceScorer:
-    """Ray Data callable: PREFERENCES rows in, the same rows with `ref_logps` out (rows that
-    arrive with a quarantine reason pass through with it)."""
+    """Ray Data callable: PREFERENCES rows in, the same rows with `ref_logps` (per level, per
+    round) out (rows that arrive with a quarantine reason pass through with it)."""
 
-    def __init__(
-        self, model: ActorModel, round_weight_step: float, max_length: int, micro_batch_size: int
-    ) -> None:
+    def __init__(self, model: ActorModel, max_length: int, micro_batch_size: int) -> None:
         from amp_ray.models.loading import load_for_inference
 
         self.model, self.processor = load_for_inference(model)
         self.model_name = model.name
         self.dtype = str(self.model.dtype).removeprefix("torch.")  # what "auto" resolved to
-        self.round_weight_step = round_weight_step
         self.max_length = max_length
         self.micro_batch_size = micro_batch_size
         self.storage = model.storage
@@ -66,25 +64,25 @@ class ReferenceScorer:
             if upstream is not None:
                 continue
             try:
-                encoded = encode_levels(
-                    self.processor, row, self.round_weight_step, self.max_length, self.storage
-                )
+                encoded = encode_levels(self.processor, row, self.max_length, self.storage)
             except DataError as exc:
                 row[QUARANTINE_REASON] = exc.message
                 continue
             sequences += encoded
-            owners += [index] * len(encoded)
+            owners += [(index, len(row["rounds"]))] * len(encoded)
         pad = self.processor.tokenizer.pad_token_id
         for start in range(0, len(sequences), self.micro_batch_size):
             chunk = sequences[start : start + self.micro_batch_size]
             inputs = collate(chunk, pad, padding_side="right")
             inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
-            values = sequence_logprobs(self.model, inputs).double().tolist()
-            for index, value in zip(owners[start : start + len(chunk)], values, strict=True):
-                rows[index]["ref_logps"].append(value)
+            values = round_logprobs(self.model, inputs).double().tolist()
+            for (index, rounds), value in zip(owners[start:][: len(chunk)], values, strict=True):
+                rows[index]["ref_logps"].append(value[:rounds])
         for row in rows:
             finite = all(
-                value == value and abs(value) != float("inf") for value in row["ref_logps"]
+                value == value and abs(value) != float("inf")
+                for level in row["ref_logps"]
+                for value in level
             )
             if row[QUARANTINE_REASON] is None and not finite:
                 row[QUARANTINE_REASON] = "the reference log-prob is not finite"

@@ -49,11 +49,11 @@ def encode_conversation(
     image: Image.Image,
     questions: Sequence[str],
     answers: Sequence[str],
-    round_weight_step: float = 0.0,
     answer_start: str = "",
 ) -> Encoded:
     """Encode a dialogue. With one answer per question the answers are marked as responses
-    (round t's tokens weigh 1 + round_weight_step·t); with one answer fewer, the sequence ends with
+    (weight 1; each answer is one run of weighted tokens, logprobs.response_rounds); with one
+    answer fewer, the sequence ends with
     the generation prompt for the last question, followed by `answer_start` (the beginning of
     the answer that generation is to continue, as BDHS's reference-guided completion needs)."""
     if len(answers) not in (len(questions), len(questions) - 1) or not questions:
@@ -82,7 +82,7 @@ def encode_conversation(
             vision = vision_of(encoded)
         else:
             ids = processor.tokenizer(piece, add_special_tokens=False)["input_ids"]
-        weight = 0.0 if is_prompt else 1.0 + round_weight_step * ((k - 1) // 2)
+        weight = 0.0 if is_prompt else 1.0
         input_ids += ids
         weights += [weight] * len(ids)
     if answer_start.strip():

@@ -21,7 +21,12 @@ import torch
 from amp_ray.errors import DataError
 from amp_ray.models.conversation import Encoded, collate
 from amp_ray.models.families import family_of, forward_inputs, unwrapped
-from amp_ray.models.logprobs import picked_logprobs, sequence_logprobs
+from amp_ray.models.logprobs import (
+    per_round_sums,
+    picked_logprobs,
+    response_rounds,
+    round_logprobs,
+)
 from amp_ray.models.prefix_cache import (
     checkpointing_with_cache,
     prefix_cache,
@@ -85,7 +90,9 @@ def collate_levels(
 
 
 class LevelScorer(torch.nn.Module):
-    """Summed weighted response log-prob of every level, [B, K], from a `collate_levels` batch.
+    """Each dialogue round's summed response log-prob of every level, [B, K, T] (T the most
+    rounds of any item, 0 for rounds an item lacks; a caption is one round), from a
+    `collate_levels` batch. Summed over T: log π(y_k | x).
 
     Wraps any image-text-to-text model whose language model takes a KV cache; a DeepSpeed
     engine wraps this module, so one engine forward scores a whole batch of items.
@@ -100,7 +107,7 @@ class LevelScorer(torch.nn.Module):
         num_items, num_levels = batch["response_lengths"].shape
         if self.mode == "full":
             inputs = {k: v for k, v in batch.items() if k != "response_lengths"}
-            return sequence_logprobs(self.model, inputs).view(num_items, num_levels)
+            return round_logprobs(self.model, inputs).view(num_items, num_levels, -1)
         vision = {
             key: value
             for key, value in batch.items()
@@ -134,5 +141,6 @@ class LevelScorer(torch.nn.Module):
         logits = torch.cat(
             [prefix.logits[:, -1:].repeat_interleave(num_levels, 0), out.logits[:, :-1]], 1
         )
-        logps = picked_logprobs(logits, response_ids)
-        return (logps * batch["response_weights"]).sum(-1).view(num_items, num_levels)
+        weights = batch["response_weights"]
+        logps = picked_logprobs(logits, response_ids) * weights
+        return per_round_sums(logps, response_rounds(weights)).view(num_items, num_levels, -1)

@@ -39,11 +39,13 @@ from amp_ray.report.seeds import (
     paired_table,
     seed_lines,
     summary_table,
+    validation_blocks,
 )
 from amp_ray.report.sweep import PLOT, SweepData, read_sweep, sweep_blocks
 from amp_ray.report.terminal import model_table, terminal_columns, terminal_lines
 from amp_ray.storage.location import Location, open_location
 from amp_ray.storage.run import RunDir
+from amp_ray.world.generate import reported
 
 STAGES = ("sft", "train", "evaluate")  # metrics sources, a later stage's value wins
 Key = tuple[str, str, str, str, str]  # run, model, benchmark, split, metric
@@ -244,7 +246,7 @@ def headline_columns(data: ReportData) -> list[Column]:
     for label, benchmark, metric, wanted in HEADLINE:
         splits = present.get((benchmark, metric), set())
         chosen = [s for s in splits if _matches(s, wanted) is not None] if wanted else []
-        chosen = sorted(chosen, key=lambda s: (_matches(s, wanted), s)) or sorted(splits)
+        chosen = sorted(chosen, key=lambda s: (_matches(s, wanted), s)) or reported(sorted(splits))
         for split in chosen:
             short = label if len(chosen) == 1 else f"{label}@{split}"
             columns.append(Column(short, benchmark, split, metric))
@@ -384,6 +386,7 @@ def compact_headline(data: ReportData) -> list[Block]:
 def document(data: ReportData, figures: list[plots.Plot]) -> list[Block]:
     blocks: list[Block] = [Heading(1, "amp-ray report"), Heading(2, "Headline")]
     blocks += compact_headline(data)
+    blocks += validation_blocks(data)
     blocks += [Heading(2, "Runs")]
     blocks.append(
         Items(

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from scipy import stats
 
+from amp_ray.report.blocks import Block, Heading, Para, Table
 from amp_ray.report.terminal import (
+    TERMINAL,
     TerminalColumn,
     fixed_width,
     rows_shown,
@@ -27,6 +29,7 @@ from amp_ray.report.terminal import (
     wrapped,
 )
 from amp_ray.training.tables import mean_sd
+from amp_ray.world.generate import VALIDATION_SPLIT
 
 if TYPE_CHECKING:  # document.py imports this module
     from amp_ray.report.document import ReportData
@@ -129,4 +132,61 @@ def seed_lines(data: ReportData) -> list[str]:
     if rows:
         lines += ["", *fixed_width(header, rows)]
     legend = "; ".join(c.legend for c in columns)
-    return lines + wrapped(f"{LEGEND}. {legend}")
+    return lines + wrapped(f"{LEGEND}. {legend}") + validation_lines(data)
+
+
+# -- the validation split: where recipes are chosen ------------------------------------------------
+
+CHOICE = "MRHal_hal"  # the column a recipe is chosen by, lowest mean over seeds
+
+
+def validation_columns(data: ReportData) -> list[TerminalColumn]:
+    """The headline's columns on the world's validation split, where it was evaluated."""
+    present = {
+        (m.benchmark, m.metric) for m in data.metrics.values() if m.split == VALIDATION_SPLIT
+    }
+    return [
+        TerminalColumn(label, benchmark, metric, (VALIDATION_SPLIT,))
+        for label, benchmark, metric, _ in TERMINAL
+        if (benchmark, metric) in present
+    ]
+
+
+def chosen_on_validation(data: ReportData, columns: list[TerminalColumn]) -> str | None:
+    """The trained recipe (several seeds) with the lowest mean CHOICE on the validation split."""
+    column = next((c for c in columns if c.label == CHOICE), None)
+    if column is None:
+        return None
+    means = {
+        recipe.name: statistics.fmean(found)
+        for recipe in recipes(data)
+        if recipe.seeds > 1 and (found := list(recipe_values(data, recipe, column).values()))
+    }
+    return min(means, key=lambda name: means[name]) if means else None
+
+
+def validation_blocks(data: ReportData) -> list[Block]:
+    """The recipes on the validation split, and the one chosen there: the eval splits above
+    estimate how good the chosen recipe is; the validation split chose it."""
+    columns = validation_columns(data)
+    chosen = chosen_on_validation(data, columns) if over_seeds(data) else None
+    if chosen is None:
+        return []
+    header, rows = paired_table(data, columns)
+    return [
+        Heading(2, "Chosen on validation"),
+        Para(
+            f"Chosen: {chosen}, the lowest mean {CHOICE} on the world's validation split "
+            "(unbiased images that no headline number reads)."
+        ),
+        Table(*summary_table(data, columns)),
+        Para("Differences on the validation split, paired by training seed:"),
+        Table(header, rows),
+    ]
+
+
+def validation_lines(data: ReportData) -> list[str]:
+    """The terminal's line on the validation choice, if the split was evaluated."""
+    columns = validation_columns(data)
+    chosen = chosen_on_validation(data, columns) if over_seeds(data) else None
+    return [] if chosen is None else [f"chosen on validation (lowest mean {CHOICE}): {chosen}"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from amp_ray.evaluation.scores import weighted_mean
 from amp_ray.report.blocks import FAILED, fmt, split_matches
+from amp_ray.world.generate import reported
 
 if TYPE_CHECKING:  # document.py imports this module
     from amp_ray.report.document import Metric, ReportData
@@ -56,7 +57,7 @@ def terminal_columns(data: ReportData) -> list[TerminalColumn]:
     for label, benchmark, metric, patterns in TERMINAL:
         splits = present.get((benchmark, metric), set())
         if splits:
-            chosen = _first_match(sorted(splits), patterns) or tuple(sorted(splits))
+            chosen = _first_match(sorted(splits), patterns) or tuple(reported(sorted(splits)))
             columns.append(TerminalColumn(label, benchmark, metric, chosen))
     return columns
 

@@ -234,7 +234,18 @@ class TrainingSpec(Block):
         "shared_prefix", description="one image prefix for the K levels, or K full sequences"
     )
     round_weight_step: NonNegativeFloat = Field(
-        0.0, description="dialogue round t's tokens weigh 1 + step·t (AMP's code: 0.05)"
+        0.0, description="dialogue round t's log-ratio weighs 1 + step·t (AMP's code: 0.05)"
+    )
+    dialogue_pairs: Literal["whole", "differing_rounds", "first_difference"] = Field(
+        "whole",
+        description="which rounds of two levels of a dialogue their pair compares: every round "
+        "(AMP), the rounds they answer differently, or the first such round alone, after the "
+        "history the two share (docs/methods.md)",
+    )
+    sft_weight: NonNegativeFloat = Field(
+        0.0,
+        description="adds weight x the control's loss, the per-token NLL of level 0 over every "
+        "round (TRL's rpo_alpha); 0: none",
     )
     max_steps: PositiveInt = 3_000
     micro_batch_size: PositiveInt = 4

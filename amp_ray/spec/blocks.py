@@ -182,6 +182,11 @@ class WorldSplitsSpec(Block):
     eval_iid: NonNegativeInt = 500
     eval_bias_probe: NonNegativeInt = 500
     eval_control: NonNegativeInt = 500
+    validation: NonNegativeInt = Field(
+        0,
+        description="unbiased images with the eval splits' items, for choosing between recipes; "
+        "evaluated beside the eval splits and kept out of the report's headline",
+    )
 
 
 Shape = Literal["circle", "square", "triangle", "cross", "ring", "diamond"]

@@ -24,7 +24,7 @@ from amp_ray.models.registry import load_options, model_uri
 from amp_ray.runtime import light_map, map_with_actor_pool
 from amp_ray.stages.base import Stage, StageCounts
 from amp_ray.storage.quarantine import route_quarantine
-from amp_ray.world.generate import SPLIT_MODES
+from amp_ray.world.generate import BENCHMARK_SPLITS
 
 WORLD_TASKS = {"chair": "caption", "pope": "existence", "mrhal": "dialogue", "mmhal": "dialogue"}
 
@@ -190,8 +190,7 @@ class EvaluateStage(Stage):
         splits = self.spec.data.world.splits
         return {
             name: 1.0 if cap is None else min(1.0, cap / max(1, getattr(splits, name)))
-            for name in SPLIT_MODES
-            if name.startswith("eval")
+            for name in BENCHMARK_SPLITS
         }
 
     def _judge(self, quarantine: Any) -> pa.Table:

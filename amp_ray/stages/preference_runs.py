@@ -113,7 +113,6 @@ class PreferenceRuns:
         settings = EncodeSettings(
             processor_path=model_uri(self.spec, self.run_dir, str(training.policy)),
             max_length=training.max_length,
-            round_weight_step=training.round_weight_step,
             trust_remote_code=load_options(self.spec, str(training.policy)).trust_remote_code,
             storage=self.spec.storage,
         )

@@ -37,7 +37,7 @@ class ReferenceStage(Stage):
         return {
             "model": name,
             "uri": model_uri(self.spec, self.run_dir, name) if name else None,
-            "round_weight_step": self.spec.training.round_weight_step,
+            "scores": "per_round",  # ref_logps per level and round (before: per level)
             "max_length": self.spec.training.max_length,
         }
 

@@ -92,8 +92,9 @@ REFERENCE_LOGPROBS = pa.schema(
         *PREFERENCES,
         _col(
             "ref_logps",
-            pa.list_(pa.float64()),
-            "the reference model's summed (round-weighted) log-prob of each level, level order",
+            pa.list_(pa.list_(pa.float64())),
+            "the reference model's log-prob of each level's answer in each round (summed over "
+            "the round's tokens), level order",
         ),
         _col("ref_model", pa.string(), "the reference model that scored them"),
         _col("ref_dtype", pa.string(), "the dtype the reference model scored in (float32, ...)"),
@@ -231,7 +232,16 @@ ENCODED_LEVELS = pa.schema(
         _col("item_id", pa.string(), "the item", nullable=False),
         _col("input_ids", pa.list_(pa.list_(pa.int32())), "one token list per level, best first"),
         _col("response_weights", pa.list_(pa.list_(pa.float32())), "per level, per token"),
-        _col("ref_logps", pa.list_(pa.float64()), "per level; empty if the reference runs in-loop"),
+        _col(
+            "ref_logps",
+            pa.list_(pa.list_(pa.float64())),
+            "per level, per round; empty if the reference runs in-loop",
+        ),
+        _col(
+            "answer_ids",
+            pa.list_(pa.list_(pa.int32())),
+            "per level, per round: the first level with the same answer text in that round",
+        ),
         *_STORED_IMAGE,
     ],
     metadata={

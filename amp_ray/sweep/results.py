@@ -20,6 +20,7 @@ from amp_ray.evaluation.scores import weighted_mean
 from amp_ray.storage.run import RunDir
 from amp_ray.sweep.trials import TrialPlan
 from amp_ray.training.tables import mean_sd
+from amp_ray.world.generate import reported
 
 # (label, benchmark, metric, splits): the columns of the summary after the objective; splits as
 # in the report's headline (the first that a trial has), none: the mean over every split
@@ -44,7 +45,7 @@ def weighted(rows: Iterable[dict[str, Any]]) -> float | None:
 
 
 def parse_metric(metric: str) -> tuple[str, str | None, str]:
-    """sweep.metric as (benchmark, split or None for every split, metric)."""
+    """sweep.metric as (benchmark, split or None for every reported split, metric)."""
     parts = metric.split("/")
     return parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
 
@@ -58,7 +59,7 @@ def objective(metrics: list[dict[str, Any]], model: str, metric: str) -> float |
         if r["model"] == model
         and r["benchmark"] == benchmark
         and r["metric"] == name
-        and (split is None or r["split"] == split)
+        and (r["split"] == split if split else r["split"] in reported([r["split"]]))
     )
 
 
@@ -102,7 +103,7 @@ def column_value(rows: list[dict[str, Any]], benchmark: str, metric: str, splits
         picked = [r for r in chosen if r["split"] == split]
         if picked:
             return weighted(picked)
-    return weighted(chosen)
+    return weighted(r for r in chosen if r["split"] in reported([r["split"]]))
 
 
 def summarise(rows: list[dict[str, Any]], metric: str) -> list[Summary]:

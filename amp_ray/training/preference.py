@@ -187,13 +187,23 @@ def collate_for(
     micro: list[Any], index: list[int], pad: int, mode: str, device: Any
 ) -> dict[str, torch.Tensor]:
     """A micro-batch of the levels at `index` of every item, with their reference log-probs
-    (an empty tensor when the data carries none)."""
+    per round ([B, K, T], 0 past an item's rounds; an empty tensor when the data carries none)
+    and their `answer_ids` ([B, K, T], −1 past an item's rounds)."""
     from amp_ray.models.level_scoring import collate_levels
 
     batch = collate_levels([[item.levels[k] for k in index] for item in micro], pad, mode)
     batch = {key: value.to(device) for key, value in batch.items()}
-    reference = [[item.ref_logps[k] for k in index] if item.ref_logps else [] for item in micro]
-    batch["ref_logps"] = torch.tensor(reference, device=device)
+    rounds = max(len(item.answer_ids[0]) for item in micro)
+    answers = torch.full((len(micro), len(index), rounds), -1, dtype=torch.long)
+    reference = torch.zeros((len(micro), len(index), rounds), dtype=torch.float64)
+    for b, item in enumerate(micro):
+        for column, k in enumerate(index):
+            answers[b, column, : len(item.answer_ids[k])] = torch.tensor(item.answer_ids[k])
+            if item.ref_logps:
+                reference[b, column, : len(item.ref_logps[k])] = torch.tensor(item.ref_logps[k])
+    has_reference = all(item.ref_logps for item in micro)
+    batch["ref_logps"] = reference.to(device) if has_reference else torch.empty(0, device=device)
+    batch["answer_ids"] = answers.to(device)
     return batch
 
 
@@ -208,13 +218,13 @@ def train_micro_step(
     """Forward the K levels of every item, the loss, backward, and a DeepSpeed step (which
     updates the weights at the end of each accumulation window). `weight` 0: a pass that changes
     nothing but keeps this worker's collectives in step with the others'."""
-    ref_logps = batch.pop("ref_logps")
+    ref_logps, answers = batch.pop("ref_logps"), batch.pop("answer_ids")
     policy = engine(batch)
     if reference is not None:
         with torch.no_grad():
             ref_logps = reference(batch)
     ref_logps = ref_logps.to(policy.dtype) if ref_logps.numel() else torch.zeros_like(policy)
-    out = objective(policy, ref_logps.detach(), batch["response_lengths"], generator)
+    out = objective(policy, ref_logps.detach(), batch["response_lengths"], answers, generator)
     engine.backward(out.loss * weight if weight != 1.0 else out.loss)
     engine.step()
     return out

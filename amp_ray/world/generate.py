@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
+from collections.abc import Iterable
 from itertools import accumulate
 from typing import Any
 
@@ -38,8 +39,22 @@ SPLIT_MODES: dict[str, Mode] = {
     "eval_iid": "unbiased",
     "eval_bias_probe": "bias_probe",
     "eval_control": "control",
+    # last, so the other splits keep their codes (and scenes); empty unless a spec asks for it
+    "validation": "unbiased",
 }
 SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_MODES)}
+# the splits whose images carry the benchmarks' items (a caption, POPE questions, a dialogue):
+# the reported eval splits, and a validation split that chooses between recipes without being
+# one of them (the report keeps it out of every headline number)
+VALIDATION_SPLIT = "validation"
+EVAL_SPLITS = tuple(name for name in SPLIT_MODES if name.startswith("eval"))
+BENCHMARK_SPLITS = (*EVAL_SPLITS, VALIDATION_SPLIT)
+
+
+def reported(splits: Iterable[str]) -> list[str]:
+    """The splits a headline number may average over: all but the validation split, which
+    chooses between recipes and so is no estimate of how good the chosen one is."""
+    return [split for split in splits if split != VALIDATION_SPLIT]
 
 
 class World:
@@ -82,7 +97,7 @@ class World:
         split, index = self.locate(global_index)
         scene, rng = self.scene(split, index)
         image = encode_png(render(scene, rng, self.spec.image_size))
-        if split.startswith("eval"):
+        if split in BENCHMARK_SPLITS:
             tasks = self._eval_tasks(scene, rng)
         else:
             mix = self.spec.sft_tasks if split == "sft" else self.spec.preference_tasks
