@@ -152,24 +152,25 @@ def validation_columns(data: ReportData) -> list[TerminalColumn]:
     ]
 
 
-def chosen_on_validation(data: ReportData, columns: list[TerminalColumn]) -> str | None:
-    """The trained recipe (several seeds) with the lowest mean CHOICE on the validation split."""
+def chosen_on_validation(data: ReportData) -> tuple[list[TerminalColumn], str | None]:
+    """The validation columns, and the trained recipe (several seeds) with the lowest mean
+    CHOICE on the validation split (None where the split or the seeds are missing)."""
+    columns = validation_columns(data)
     column = next((c for c in columns if c.label == CHOICE), None)
-    if column is None:
-        return None
+    if column is None or not over_seeds(data):
+        return columns, None
     means = {
         recipe.name: statistics.fmean(found)
         for recipe in recipes(data)
         if recipe.seeds > 1 and (found := list(recipe_values(data, recipe, column).values()))
     }
-    return min(means, key=lambda name: means[name]) if means else None
+    return columns, min(means, key=lambda name: means[name]) if means else None
 
 
 def validation_blocks(data: ReportData) -> list[Block]:
     """The recipes on the validation split, and the one chosen there: the eval splits above
     estimate how good the chosen recipe is; the validation split chose it."""
-    columns = validation_columns(data)
-    chosen = chosen_on_validation(data, columns) if over_seeds(data) else None
+    columns, chosen = chosen_on_validation(data)
     if chosen is None:
         return []
     header, rows = paired_table(data, columns)
@@ -187,6 +188,5 @@ def validation_blocks(data: ReportData) -> list[Block]:
 
 def validation_lines(data: ReportData) -> list[str]:
     """The terminal's line on the validation choice, if the split was evaluated."""
-    columns = validation_columns(data)
-    chosen = chosen_on_validation(data, columns) if over_seeds(data) else None
+    _, chosen = chosen_on_validation(data)
     return [] if chosen is None else [f"chosen on validation (lowest mean {CHOICE}): {chosen}"]

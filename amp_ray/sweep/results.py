@@ -20,7 +20,7 @@ from amp_ray.evaluation.scores import weighted_mean
 from amp_ray.storage.run import RunDir
 from amp_ray.sweep.trials import TrialPlan
 from amp_ray.training.tables import mean_sd
-from amp_ray.world.generate import reported
+from amp_ray.world.generate import is_reported
 
 # (label, benchmark, metric, splits): the columns of the summary after the objective; splits as
 # in the report's headline (the first that a trial has), none: the mean over every split
@@ -59,7 +59,7 @@ def objective(metrics: list[dict[str, Any]], model: str, metric: str) -> float |
         if r["model"] == model
         and r["benchmark"] == benchmark
         and r["metric"] == name
-        and (r["split"] == split if split else r["split"] in reported([r["split"]]))
+        and (r["split"] == split if split else is_reported(r["split"]))
     )
 
 
@@ -103,7 +103,7 @@ def column_value(rows: list[dict[str, Any]], benchmark: str, metric: str, splits
         picked = [r for r in chosen if r["split"] == split]
         if picked:
             return weighted(picked)
-    return weighted(r for r in chosen if r["split"] in reported([r["split"]]))
+    return weighted(r for r in chosen if is_reported(r["split"]))
 
 
 def summarise(rows: list[dict[str, Any]], metric: str) -> list[Summary]:

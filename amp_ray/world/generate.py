@@ -51,10 +51,15 @@ EVAL_SPLITS = tuple(name for name in SPLIT_MODES if name.startswith("eval"))
 BENCHMARK_SPLITS = (*EVAL_SPLITS, VALIDATION_SPLIT)
 
 
-def reported(splits: Iterable[str]) -> list[str]:
-    """The splits a headline number may average over: all but the validation split, which
+def is_reported(split: str) -> bool:
+    """Whether a headline number may average over `split`: all but the validation split, which
     chooses between recipes and so is no estimate of how good the chosen one is."""
-    return [split for split in splits if split != VALIDATION_SPLIT]
+    return split != VALIDATION_SPLIT
+
+
+def reported(splits: Iterable[str]) -> list[str]:
+    """The `splits` a headline number may average over, in their order."""
+    return [split for split in splits if is_reported(split)]
 
 
 class World:
