@@ -54,6 +54,22 @@ def rounds_of(item: dict) -> tuple[list[str], list[str]]:
     return [t["question"] for t in item["rounds"]], [t["answer"] for t in item["rounds"]]
 
 
+def test_tokenizer_ids_depend_on_the_set_of_words_only() -> None:
+    from amp_ray.models.tiny import SPECIAL_TOKENS, build_tokenizer
+
+    texts = ["a red circle .", "a blue square ."]
+    # the same words, other frequencies and order, one text more: the same ids
+    again = ["a blue square .", "a blue square .", "a red circle .", "circle circle"]
+    vocab = build_tokenizer(texts).get_vocab()
+    assert vocab == build_tokenizer(again).get_vocab()
+    words = sorted({"a", "red", "circle", ".", "blue", "square"})
+    assert vocab == {token: i for i, token in enumerate([*SPECIAL_TOKENS, *words])}
+    # a new word takes its sorted place: ids after it move, the special tokens never do
+    grown = build_tokenizer([*texts, "a green circle ."]).get_vocab()
+    assert [grown[t] for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert grown["green"] == len(SPECIAL_TOKENS) + sorted([*words, "green"]).index("green")
+
+
 def test_a_saved_tiny_model_loads_offline_in_a_fresh_process(tiny_dir: str) -> None:
     code = (
         "from transformers import AutoModelForImageTextToText, AutoProcessor\n"

@@ -72,7 +72,7 @@ def test_models_vllm_cannot_load_are_refused(tmp_path: Path, tiny_dir: str) -> N
 @pytest.fixture(scope="module")
 def vllm_python() -> str:
     python = os.environ.get("AMP_RAY_VLLM_PYTHON", str(REPO / ".venv-vllm" / "bin" / "python"))
-    # skipped on a developer's machine without it, never in CI (.ci/run makes it)
+    # skipped on a developer's machine without it; with CI set, a missing environment fails
     if not Path(python).exists() and not os.environ.get("CI"):
         pytest.skip(f"no vLLM environment at {python}: make vllm-env")
     return python

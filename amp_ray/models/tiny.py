@@ -1,5 +1,5 @@
 """Tiny LLaVA models built from config: CLIP vision + Llama text, with a word-level tokenizer
-trained here on the world's texts. They save with save_pretrained and load back offline with
+built here from the world's words. They save with save_pretrained and load back offline with
 AutoModelForImageTextToText / AutoProcessor like any hub checkpoint.
 """
 
@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -33,13 +33,22 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over whitespace-separated words, left-padding for generation."""
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over whitespace-separated words, left-padding for generation.
+
+    The ids are the special tokens, then the words in sorted order: they depend on the set of
+    words only. (WordLevelTrainer numbers words by frequency, so adding texts of the same words,
+    such as another split of the world, permuted the ids and so changed every model built on
+    them.)"""
+    split = pre_tokenizers.WhitespaceSplit()
+    words = {word for text in texts for word, _ in split.pre_tokenize_str(text)}
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    for word in sorted(words - set(SPECIAL_TOKENS)):
+        vocab[word] = len(vocab)
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = split
     # Join words with single spaces, punctuation included ("a red circle ." as in the data).
     tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tokenizer.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<bos>",
@@ -115,7 +124,7 @@ def create_tiny_model(
     directory: str | Path, spec: TinyLlavaSpec, texts: Iterable[str], image_size: int, seed: int
 ) -> None:
     """Build a tiny LLaVA and its processor from scratch and save both in HF format."""
-    tokenizer = train_tokenizer(texts)
+    tokenizer = build_tokenizer(texts)
     processor = tiny_processor(tokenizer, image_size, spec.patch_size)
     model = tiny_llava(spec, tokenizer, image_size, seed)
     save_model(model, str(directory))
