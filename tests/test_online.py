@@ -108,7 +108,7 @@ def two_rounds(offline_run: Path, tmp_path_factory: pytest.TempPathFactory, tiny
     return run_dir, raw, lines
 
 
-@pytest.mark.slow  # the three end-to-end tests: ~8 min on 2 cores, run by .ci/run
+@pytest.mark.slow  # the three end-to-end tests: ~8 min on 2 cores; .ci/run runs the first two
 def test_each_round_keeps_its_data_and_model_and_generates_with_the_last_model(
     two_rounds: tuple[Path, dict, list[str]], tiny_dir: str
 ) -> None:
@@ -148,7 +148,7 @@ def test_each_round_keeps_its_data_and_model_and_generates_with_the_last_model(
     assert "online rounds (bdhs candidates, DPO, 1 steps):" in shown
 
 
-@pytest.mark.slow  # the three end-to-end tests: ~8 min on 2 cores, run by .ci/run
+@pytest.mark.slow
 def test_a_killed_job_resumes_at_the_round_it_was_in(
     two_rounds: tuple[Path, dict, list[str]], tmp_path: Path
 ) -> None:
@@ -175,7 +175,7 @@ def test_a_killed_job_resumes_at_the_round_it_was_in(
 # --- Mixed-DPO with sampled candidates --------------------------------------------------------
 
 
-@pytest.mark.slow  # the three end-to-end tests: ~8 min on 2 cores, run by .ci/run
+@pytest.mark.slow
 def test_mixed_dpo_trains_on_the_offline_and_the_online_rejected_answer(
     two_rounds: tuple[Path, dict, list[str]], tmp_path: Path, tiny_dir: str
 ) -> None:

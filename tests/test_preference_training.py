@@ -274,7 +274,7 @@ def train_losses(run_dir: Path, preference_json: Path, tiny_dir: str, **training
     return [row["value"] for row in sorted(log, key=lambda r: r["step"]) if row["metric"] == "loss"]
 
 
-# ~4.5 min on 2 cores (five training runs): .ci/run runs it after the default suite
+# ~4.5 min on 2 cores (five training runs): make test-slow (CI leaves it out to fit its hour)
 @pytest.mark.slow
 def test_losses_do_not_depend_on_workers_zero_stage_or_accumulation(
     scored_run: Path, preference_json: Path, tiny_dir: str

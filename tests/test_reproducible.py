@@ -66,8 +66,10 @@ def table(run_dir: Path, stage: str, name: str) -> pa.Table:
     return data.select(keep).sort_by([(key, "ascending") for key in OUTPUTS[(stage, name)]])
 
 
-# ~7 min on 2 cores (the tiny pipeline twice): .ci/run runs it after the default suite
+# 7-10 min on 2 cores (the tiny pipeline twice), by the machine's load: .ci/run runs it after the
+# default suite
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_two_runs_with_other_pool_sizes_make_identical_datasets(tmp_path: Path) -> None:
     for actors, name in ((1, "one"), (2, "two")):
         run_job(validate_spec(pipeline_spec(tmp_path / name, actors)), echo=lambda _: None)

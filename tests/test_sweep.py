@@ -149,7 +149,7 @@ def test_summary_is_mean_and_sd_over_seeds_and_the_best_point_by_its_own_recipe(
     assert any("failed: beta=1 seed 0: RuntimeError: boom" in line for line in lines)
 
 
-@pytest.mark.slow  # about 4 minutes on 2 cores: CI runs it (.ci/run)
+@pytest.mark.slow  # about 4 minutes on 2 cores: make test-slow
 @pytest.mark.usefixtures("ray_session")
 def test_a_two_by_two_sweep_on_ray_tune_trains_and_evaluates_every_trial(
     tmp_path: Path, world_items: list[dict], tiny_dir: str
