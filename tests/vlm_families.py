@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken
 from transformers import (
     CLIPVisionConfig,
     Idefics3Config,
@@ -66,6 +66,7 @@ from transformers.models.qwen2_vl.configuration_qwen2_vl import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from amp_ray.models.processors import image_only_class
+from amp_ray.models.tiny import word_level_tokenizer
 
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3")
 
@@ -236,10 +237,7 @@ def make_tokenizer(family: str) -> PreTrainedTokenizerFast:
     specials += [spec["bos"]] if spec["bos"] else []
     specials += list(spec["named"].values()) + list(spec["more"])
     specials = list(dict.fromkeys(specials))
-    vocab = {token: i for i, token in enumerate(dict.fromkeys([*specials, *WORDS]))}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=spec["unk"]))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tokenizer = word_level_tokenizer([*specials, *WORDS], spec["unk"])
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -33,6 +33,17 @@ CHAT_TEMPLATE = (
 )
 
 
+def word_level_tokenizer(tokens: Iterable[str], unk_token: str) -> Tokenizer:
+    """A tokenizer numbering `tokens` in their order (a repeat keeps its first id), over
+    whitespace-separated words."""
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=unk_token))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Join words with single spaces, punctuation included ("a red circle ." as in the data).
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return tokenizer
+
+
 def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over whitespace-separated words, left-padding for generation.
 
@@ -42,13 +53,7 @@ def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     them.)"""
     split = pre_tokenizers.WhitespaceSplit()
     words = {word for text in texts for word, _ in split.pre_tokenize_str(text)}
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    for word in sorted(words - set(SPECIAL_TOKENS)):
-        vocab[word] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = split
-    # Join words with single spaces, punctuation included ("a red circle ." as in the data).
-    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tokenizer = word_level_tokenizer([*SPECIAL_TOKENS, *sorted(words)], "<unk>")
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token="<bos>",
