@@ -12,7 +12,14 @@ import pyarrow.parquet as pq
 
 from amp_ray.spec.blocks import ActorPoolSpec
 from amp_ray.storage import Dataset, DatasetWriter, open_location
-from amp_ray.storage.batches import batch_places, fixed_batches, read_places, where_in
+from amp_ray.storage.batches import (
+    PLACES,
+    RowReader,
+    batch_places,
+    fixed_batches,
+    read_places,
+    where_in,
+)
 from amp_ray.storage.dataset import FileEntry
 
 SCHEMA = pa.schema([("item_id", pa.string()), ("split", pa.string()), ("value", pa.int64())])
@@ -63,6 +70,34 @@ def test_the_batches_are_in_item_order_whatever_the_files(tmp_path: Path) -> Non
         batches = batches_of(dataset, batch_size=8, columns=("split",), select=select)
         assert [len(b) for b in batches] == [8, 8, 8, 8, 1]
         assert [v for b in batches for v in b] == expected
+
+
+def test_a_kept_reader_opens_each_file_once_and_reads_any_rows_in_the_asked_order(
+    tmp_path: Path,
+) -> None:
+    """RowReader keeps each file (and its parsed footer) between reads, as the training
+    pipeline's actor keeps it for the run; rows may sit anywhere in row groups of any size."""
+    ids = [f"i{n:03d}" for n in range(40)]
+    dataset = stored(tmp_path / "d", ids, files=2, row_group=3)  # 20 rows a file
+    paths, fs = dataset.file_paths(), dataset.location.fs
+    opened: list[int] = []
+
+    def open_file(file: int):
+        opened.append(file)
+        return fs.open(paths[file], "rb")
+
+    reader = RowReader(open_file)
+    first = [(1, 19), (0, 4), (0, 3), (1, 0), (0, 4)]
+    second = [(0, 0), (1, 5), (0, 19)]
+    for places in (first, second):
+        table = pa.table(
+            {"file": [f for f, _ in places], "row": [r for _, r in places]}, schema=PLACES
+        )
+        rows, sizes = reader.read(table)
+        assert rows.column("value").to_pylist() == [20 * f + r for f, r in places]
+        assert all(size > 0 for size in sizes)
+    assert sorted(opened) == [0, 1]
+    reader.close()
 
 
 def test_a_batch_whose_items_are_all_done_is_left_out(tmp_path: Path) -> None:

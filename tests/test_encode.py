@@ -68,6 +68,27 @@ def test_stored_rows_give_the_training_inputs_that_encoding_saw(
         assert got.vision["pixel_values"].equal(want.vision["pixel_values"])
 
 
+def test_the_input_actors_cache_gives_the_same_pixel_inputs_without_the_processor(
+    tiny_dir: str, world_items: list[dict]
+) -> None:
+    """RankInputs keeps packed pixel inputs by item id: the bytes equal those made afresh, and
+    a cached item does not read its image again (here: an image gone bad reads from cache)."""
+    from cachetools import LRUCache
+
+    encoder = ItemEncoder(EncodeSettings(tiny_dir, max_length=512))
+    usable, _ = split_batch(encoder(pa.Table.from_pylist(world_items[:3], schema=ITEMS)), "sft")
+    cache = LRUCache(maxsize=2**20, getsizeof=len)
+    fresh = image_inputs_of(usable, tiny_dir).column("vision").to_pylist()
+    assert image_inputs_of(usable, tiny_dir, cache=cache).column("vision").to_pylist() == fresh
+    assert sorted(cache) == sorted(usable.column("item_id").to_pylist())
+    broken = usable.set_column(
+        usable.schema.get_field_index("image"), "image", pa.array([b"not a png"] * 3, pa.binary())
+    )
+    again = image_inputs_of(broken, tiny_dir, cache=cache)
+    assert again.column("vision").to_pylist() == fresh
+    assert image_inputs_of(broken, tiny_dir).column("vision").null_count == 3
+
+
 def test_an_image_that_breaks_after_encoding_is_marked_at_training_time(
     tiny_dir: str, world_items: list[dict], tmp_path
 ) -> None:

