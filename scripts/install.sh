@@ -26,11 +26,11 @@ fi
 py="$venv/bin/python"
 pip=("$py" -m pip install --quiet --disable-pip-version-check)
 
-if ! torch_version=$("$py" -c 'import torch; print(torch.__version__)' 2>/dev/null); then
+if ! torch_version=$("$py" -W ignore -c 'import torch; print(torch.__version__)' 2>/dev/null); then
   spec=${TORCH_SPEC:-torch==2.13.0}
   echo "amp-ray install: installing $spec on its own first"
   "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$spec"
-  torch_version=$("$py" -c 'import torch; print(torch.__version__)')
+  torch_version=$("$py" -W ignore -c 'import torch; print(torch.__version__)')
 fi
 echo "amp-ray install: holding torch==$torch_version"
 echo "torch==$torch_version" > "$venv/torch-constraint.txt"
