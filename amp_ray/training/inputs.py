@@ -35,6 +35,7 @@ from ray.train import DataConfig
 from amp_ray.errors import DataError, SpecError
 from amp_ray.models.processors import stored_processor
 from amp_ray.models.registry import ActorModel
+from amp_ray.storage.batches import RowReader
 from amp_ray.storage.quarantine import QUARANTINE_REASON
 
 T = TypeVar("T")
@@ -138,9 +139,9 @@ def rows_of_rank(plan: pa.Table, rank: int, share: int) -> pa.Table:
     return plan.filter(keep)
 
 
-def stored_rows(plan: pa.Table, reader: Any) -> pa.Table:
+def stored_rows(plan: pa.Table, reader: RowReader) -> pa.Table:
     """The stored rows the plan rows name, in plan order, with step, slot and the bytes read;
-    `reader` is a storage.batches.RowReader over the encoded files (`encoded_reader`)."""
+    `reader` reads the encoded files (`encoded_reader`)."""
     stored, sizes = reader.read(plan.select(["file", "row"]))
     return (
         stored.append_column("step", plan.column("step"))
@@ -149,9 +150,8 @@ def stored_rows(plan: pa.Table, reader: Any) -> pa.Table:
     )
 
 
-def encoded_reader(files: list[str], storage: Any = None) -> Any:
+def encoded_reader(files: list[str], storage: Any = None) -> RowReader:
     """A RowReader over the encoded files (URIs), which keeps them open."""
-    from amp_ray.storage.batches import RowReader
     from amp_ray.storage.location import open_location
 
     def open_file(file: int) -> Any:
