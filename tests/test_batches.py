@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from amp_ray.spec.blocks import ActorPoolSpec
 from amp_ray.storage import Dataset, DatasetWriter, open_location
@@ -72,19 +73,31 @@ def test_the_batches_are_in_item_order_whatever_the_files(tmp_path: Path) -> Non
         assert [v for b in batches for v in b] == expected
 
 
-def test_a_kept_reader_opens_each_file_once_and_reads_any_rows_in_the_asked_order(
-    tmp_path: Path,
+def test_a_kept_reader_parses_each_footer_once_and_reads_any_rows_in_the_asked_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """RowReader keeps each file (and its parsed footer) between reads, as the training
-    pipeline's actor keeps it for the run; rows may sit anywhere in row groups of any size."""
+    """RowReader keeps each file's footer between reads, as the training pipeline's actor keeps
+    it for the run, and closes every file it opens; rows may sit anywhere in row groups of any
+    size."""
+    import amp_ray.storage.batches as batches
+
     ids = [f"i{n:03d}" for n in range(40)]
     dataset = stored(tmp_path / "d", ids, files=2, row_group=3)  # 20 rows a file
     paths, fs = dataset.file_paths(), dataset.location.fs
-    opened: list[int] = []
+    handles: list = []
+    parsed: list = []
+    parquet_file = batches.pq.ParquetFile
+
+    def counting_parquet_file(handle, metadata=None, **kwargs):
+        if metadata is None:
+            parsed.append(handle)
+        return parquet_file(handle, metadata=metadata, **kwargs)
+
+    monkeypatch.setattr(batches.pq, "ParquetFile", counting_parquet_file)
 
     def open_file(file: int):
-        opened.append(file)
-        return fs.open(paths[file], "rb")
+        handles.append(fs.open(paths[file], "rb"))
+        return handles[-1]
 
     reader = RowReader(open_file)
     first = [(1, 19), (0, 4), (0, 3), (1, 0), (0, 4)]
@@ -96,8 +109,8 @@ def test_a_kept_reader_opens_each_file_once_and_reads_any_rows_in_the_asked_orde
         rows, sizes = reader.read(table)
         assert rows.column("value").to_pylist() == [20 * f + r for f, r in places]
         assert all(size > 0 for size in sizes)
-    assert sorted(opened) == [0, 1]
-    reader.close()
+    assert len(parsed) == 2  # one footer a file over both reads
+    assert len(handles) == 4 and all(handle.closed for handle in handles)
 
 
 def test_a_batch_whose_items_are_all_done_is_left_out(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def stored_rows(plan: pa.Table, reader: RowReader) -> pa.Table:
 
 
 def encoded_reader(files: list[str], storage: Any = None) -> RowReader:
-    """A RowReader over the encoded files (URIs), which keeps them open."""
+    """A RowReader over the encoded files (URIs), which keeps their footers."""
     from amp_ray.storage.location import open_location
 
     def open_file(file: int) -> Any:
